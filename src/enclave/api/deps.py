@@ -1,0 +1,60 @@
+"""FastAPI dependencies: the services of this app, and who is calling.
+
+Routers attach :func:`require_principal` (or :func:`require_admin`) as a
+router-level dependency, so a route cannot be added to them without
+authentication. ``tests/unit/test_auth_routes.py`` walks the route table to
+prove no route except the health checks answers without a key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+
+from enclave.auth.keys import KeyService
+from enclave.auth.principals import Principal
+from enclave.errors import AuthenticationFailed, PermissionDenied
+from enclave.inference import InferenceService
+from enclave.metrics import Metrics
+from enclave.providers.registry import ModelRegistry
+from enclave.settings import Settings
+
+
+@dataclass
+class Services:
+    """Everything a route may call, built once per app by ``create_app``."""
+
+    settings: Settings
+    keys: KeyService
+    registry: ModelRegistry
+    inference: InferenceService
+    metrics: Metrics
+    metrics_token: str | None = None
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed(
+            "Missing API key. Send 'Authorization: Bearer <key>'.", code="missing_api_key"
+        )
+    return token.strip()
+
+
+async def require_principal(request: Request, svc: Services = Depends(services)) -> Principal:
+    principal = svc.keys.authenticate(bearer_token(request))
+    request.state.principal = principal
+    return principal
+
+
+async def require_admin(principal: Principal = Depends(require_principal)) -> Principal:
+    if not principal.is_admin:
+        raise PermissionDenied("This endpoint needs an admin key.")
+    return principal

@@ -1,0 +1,108 @@
+"""The one translator from errors to HTTP responses.
+
+On ``/v1`` errors take OpenAI's shape, which the official clients parse::
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "model", "code": null}}
+
+Everywhere else (``/api``, ``/metrics``) they take the platform shape::
+
+    {"error": {"status": 404, "code": "not_found", "message": "..."}}
+
+Unexpected exceptions become a generic 500; the traceback goes to the log,
+never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from enclave.errors import (
+    AuthenticationFailed,
+    EnclaveError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+)
+
+log = logging.getLogger(__name__)
+
+_STATUS_ERRORS: dict[int, type[EnclaveError]] = {
+    400: InvalidRequest,
+    401: AuthenticationFailed,
+    404: NotFound,
+    413: PayloadTooLarge,
+}
+
+
+def error_body(error: EnclaveError, path: str) -> dict[str, Any]:
+    if path.startswith("/v1"):
+        return {
+            "error": {
+                "message": error.message,
+                "type": error.error_type,
+                "param": error.param,
+                "code": error.code,
+            }
+        }
+    body: dict[str, Any] = {
+        "status": error.status_code,
+        "code": error.code,
+        "message": error.message,
+    }
+    if error.param:
+        body["param"] = error.param
+    return {"error": body}
+
+
+def error_response(error: EnclaveError, path: str) -> JSONResponse:
+    headers = dict(error.headers)
+    if error.status_code == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    return JSONResponse(error_body(error, path), status_code=error.status_code, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return "The request body is not valid JSON.", None
+    if first.get("type") == "missing" and loc:
+        return f"Missing required parameter: '{'.'.join(loc)}'.", loc[0]
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if loc:
+        return f"Invalid parameter '{'.'.join(loc)}': {message}.", loc[0]
+    return f"Invalid request: {message}.", None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(EnclaveError)
+    async def _enclave(request: Request, exc: EnclaveError) -> JSONResponse:
+        return error_response(exc, request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(InvalidRequest(message, param=param), request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = _STATUS_ERRORS.get(exc.status_code, EnclaveError)
+        error = kind(str(exc.detail))
+        error.status_code = exc.status_code
+        if exc.status_code == 404:
+            error = NotFound(f"No route {request.method} {request.url.path}.")
+        elif exc.status_code == 405:
+            error.error_type, error.code = "invalid_request_error", "method_not_allowed"
+        return error_response(error, request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        error = EnclaveError("Internal server error. The details are in the server log.")
+        return error_response(error, request.url.path)

@@ -1,0 +1,60 @@
+"""Health checks (open) and Prometheus metrics (admin key or metrics token)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from enclave.api.deps import Services, bearer_token, services
+from enclave.errors import PermissionDenied
+
+router = APIRouter()
+
+# Only these two routes answer without a key.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+@router.get("/healthz", summary="Liveness: the process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: models loaded and database reachable")
+async def readyz(request: Request, svc: Services = Depends(services)) -> JSONResponse:
+    checks: dict[str, Any] = {}
+    try:
+        with request.app.state.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # readiness reports, it does not raise
+        checks["database"] = f"error: {type(exc).__name__}"
+    for provider in svc.registry.providers:
+        health = await provider.health()
+        checks[f"provider:{provider.name}"] = "ok" if health.ok else health.detail or "down"
+    ready = svc.registry.started and all(value == "ok" for value in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+async def require_metrics_reader(request: Request, svc: Services = Depends(services)) -> None:
+    token = bearer_token(request)
+    if svc.metrics_token and hmac.compare_digest(token.encode(), svc.metrics_token.encode()):
+        return
+    principal = svc.keys.authenticate(token)
+    if not principal.is_admin:
+        raise PermissionDenied("Metrics need an admin key or the metrics token.")
+
+
+@router.get(
+    "/metrics", summary="Prometheus metrics", dependencies=[Depends(require_metrics_reader)]
+)
+async def metrics(svc: Services = Depends(services)) -> Response:
+    await svc.inference.refresh_gauges()
+    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,56 @@
+"""Wire models for the platform API under ``/api``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from enclave.auth.keys import KeyInfo
+from enclave.settings import NAME_PATTERN
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    workspace: str = Field("default", pattern=NAME_PATTERN)
+    admin: bool = False
+    expires_at: datetime | None = None
+
+
+class KeyOut(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    workspace: str
+    admin: bool
+    status: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, info: KeyInfo) -> KeyOut:
+        return cls(
+            id=info.id,
+            name=info.name,
+            prefix=info.prefix,
+            workspace=info.workspace,
+            admin=info.is_admin,
+            status=info.status,
+            created_at=info.created_at,
+            expires_at=info.expires_at,
+            revoked_at=info.revoked_at,
+        )
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The secret. Shown only in this response.")
+
+
+class Me(BaseModel):
+    key_id: int
+    key_name: str
+    workspace: str
+    admin: bool

@@ -1,0 +1,50 @@
+"""``/api``: the platform API (who am I, API keys). Admin routes need an admin key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from enclave.api.deps import Services, require_admin, require_principal, services
+from enclave.api.platform.protocol import KeyCreate, KeyCreated, KeyOut, Me
+from enclave.auth.principals import Principal
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_principal)])
+admin = APIRouter(prefix="/api", dependencies=[Depends(require_admin)])
+
+
+@router.get("/me", summary="The calling key and its workspace")
+async def me(principal: Principal = Depends(require_principal)) -> Me:
+    return Me(
+        key_id=principal.key_id,
+        key_name=principal.key_name,
+        workspace=principal.workspace,
+        admin=principal.is_admin,
+    )
+
+
+@admin.get("/keys", summary="List API keys")
+async def list_keys(
+    workspace: str | None = None, svc: Services = Depends(services)
+) -> list[KeyOut]:
+    return [KeyOut.of(info) for info in svc.keys.list(workspace)]
+
+
+@admin.post("/keys", status_code=201, summary="Create an API key (the secret is shown once)")
+async def create_key(body: KeyCreate, svc: Services = Depends(services)) -> KeyCreated:
+    secret, info = svc.keys.create(
+        body.name, workspace=body.workspace, is_admin=body.admin, expires_at=body.expires_at
+    )
+    return KeyCreated(**KeyOut.of(info).model_dump(), key=secret)
+
+
+@admin.delete("/keys/{key_id}", summary="Revoke an API key")
+async def revoke_key(key_id: int, request: Request, svc: Services = Depends(services)) -> KeyOut:
+    return KeyOut.of(svc.keys.revoke(key_id))
+
+
+@router.get("/openapi.json", summary="This API's OpenAPI document", include_in_schema=False)
+async def openapi(request: Request) -> dict[str, Any]:
+    document: dict[str, Any] = request.app.openapi()
+    return document

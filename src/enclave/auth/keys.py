@@ -1,0 +1,184 @@
+"""API keys: creation, hashing, lookup and revocation.
+
+A key looks like ``ek-`` followed by 43 URL-safe characters (256 random bits).
+Only its SHA-256 is stored, plus an 8-character prefix so people can tell keys
+apart in listings. Because keys are long random strings, a plain hash is as
+strong as a password KDF here, and it keeps verification to one indexed
+lookup. Verified keys are cached for a few seconds so the hot path does not
+touch the database on every request; revocation through this service clears
+the cache at once, and the short TTL bounds how long a key revoked by another
+process (the CLI) still works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from enclave.auth.principals import Principal
+from enclave.errors import AuthenticationFailed, InvalidRequest, NotFound
+from enclave.storage.models import ApiKeyRow, WorkspaceRow
+
+KEY_PREFIX = "ek-"
+CACHE_SECONDS = 5.0
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A key as listed: everything but the secret."""
+
+    id: int
+    name: str
+    prefix: str
+    workspace: str
+    is_admin: bool
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def status(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and _aware(self.expires_at) <= datetime.now(UTC):
+            return "expired"
+        return "active"
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class KeyService:
+    """Creates, verifies, lists and revokes API keys and their workspaces."""
+
+    def __init__(self, sessions: sessionmaker) -> None:
+        self._sessions = sessions
+        self._cache: dict[str, tuple[float, Principal, datetime | None]] = {}
+
+    def ensure_workspace(self, name: str) -> int:
+        with self._sessions.begin() as session:
+            row = session.scalar(select(WorkspaceRow).where(WorkspaceRow.name == name))
+            if row is None:
+                row = WorkspaceRow(name=name)
+                session.add(row)
+                session.flush()
+            return row.id
+
+    def create(
+        self,
+        name: str,
+        *,
+        workspace: str = "default",
+        is_admin: bool = False,
+        expires_at: datetime | None = None,
+        key: str | None = None,
+    ) -> tuple[str, KeyInfo]:
+        """Create a key and return ``(secret, info)``. The secret is never stored."""
+        if key is not None and len(key) < 16:
+            raise InvalidRequest("an API key must be at least 16 characters long")
+        secret = key or generate_key()
+        workspace_id = self.ensure_workspace(workspace)
+        with self._sessions.begin() as session:
+            row = ApiKeyRow(
+                workspace_id=workspace_id,
+                name=name,
+                prefix=secret[:8],
+                key_hash=hash_key(secret),
+                is_admin=is_admin,
+                expires_at=expires_at,
+            )
+            session.add(row)
+            session.flush()
+            info = self._info(row, workspace)
+        return secret, info
+
+    def has_admin_key(self) -> bool:
+        with self._sessions() as session:
+            found = session.scalar(
+                select(ApiKeyRow.id).where(ApiKeyRow.is_admin, ApiKeyRow.revoked_at.is_(None))
+            )
+            return found is not None
+
+    def exists(self, secret: str) -> bool:
+        with self._sessions() as session:
+            found = session.scalar(
+                select(ApiKeyRow.id).where(ApiKeyRow.key_hash == hash_key(secret))
+            )
+            return found is not None
+
+    def authenticate(self, secret: str) -> Principal:
+        """Return the principal for a presented key, or raise ``AuthenticationFailed``."""
+        digest = hash_key(secret)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is None or cached[0] < now:
+            with self._sessions() as session:
+                found = session.execute(
+                    select(ApiKeyRow, WorkspaceRow.name)
+                    .join(WorkspaceRow, WorkspaceRow.id == ApiKeyRow.workspace_id)
+                    .where(ApiKeyRow.key_hash == digest)
+                ).first()
+            if found is None or found[0].revoked_at is not None:
+                self._cache.pop(digest, None)
+                raise AuthenticationFailed("Invalid API key.")
+            row, workspace = found
+            principal = Principal(row.id, row.name, row.workspace_id, workspace, row.is_admin)
+            cached = (now + CACHE_SECONDS, principal, row.expires_at)
+            self._cache[digest] = cached
+        _, principal, expires_at = cached
+        if expires_at is not None and _aware(expires_at) <= datetime.now(UTC):
+            raise AuthenticationFailed("This API key has expired.", code="expired_api_key")
+        return principal
+
+    def list(self, workspace: str | None = None) -> list[KeyInfo]:
+        with self._sessions() as session:
+            query = select(ApiKeyRow, WorkspaceRow.name).join(
+                WorkspaceRow, WorkspaceRow.id == ApiKeyRow.workspace_id
+            )
+            if workspace:
+                query = query.where(WorkspaceRow.name == workspace)
+            rows = session.execute(query.order_by(ApiKeyRow.id)).all()
+            return [self._info(row, name) for row, name in rows]
+
+    def revoke(self, key_id: int) -> KeyInfo:
+        with self._sessions.begin() as session:
+            found = session.execute(
+                select(ApiKeyRow, WorkspaceRow.name)
+                .join(WorkspaceRow, WorkspaceRow.id == ApiKeyRow.workspace_id)
+                .where(ApiKeyRow.id == key_id)
+            ).first()
+            if found is None:
+                raise NotFound(f"No API key with id {key_id}.")
+            row, workspace = found
+            if row.revoked_at is None:
+                row.revoked_at = datetime.now(UTC)
+            self._cache.pop(row.key_hash, None)
+            return self._info(row, workspace)
+
+    @staticmethod
+    def _info(row: ApiKeyRow, workspace: str) -> KeyInfo:
+        return KeyInfo(
+            id=row.id,
+            name=row.name,
+            prefix=row.prefix,
+            workspace=workspace,
+            is_admin=row.is_admin,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            revoked_at=row.revoked_at,
+        )

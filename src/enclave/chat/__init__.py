@@ -1,0 +1,1 @@
+"""Turning chat requests into prompts and constraints for local engines."""

@@ -1,0 +1,79 @@
+"""``enclave keys``: create, list and revoke API keys in the local database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import typer
+
+from enclave.auth.keys import KeyService
+from enclave.cli.common import ConfigOption, settings_or_exit
+from enclave.errors import EnclaveError
+from enclave.storage.db import open_database
+
+app = typer.Typer(
+    help=(
+        "Manage API keys. Works on the database under $ENCLAVE_HOME (or the configured "
+        "database_url), so run it on the server's machine. Keys are stored only as hashes."
+    ),
+    no_args_is_help=True,
+)
+
+
+def _service(config: ConfigOption) -> KeyService:
+    settings = settings_or_exit(config)
+    _, sessions = open_database(settings.resolved_database_url)
+    return KeyService(sessions)
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="A label, e.g. the person or service using it.")],
+    workspace: Annotated[str, typer.Option(help="Workspace the key belongs to.")] = "default",
+    admin: Annotated[bool, typer.Option("--admin", help="Allow admin endpoints.")] = False,
+    expires_in_days: Annotated[
+        int | None, typer.Option(min=1, help="Expire the key after this many days.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create a key and print its secret once.
+
+    Example: enclave keys create analyst-laptop --workspace default --expires-in-days 90
+    """
+    expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+    secret, info = _service(config).create(
+        name, workspace=workspace, is_admin=admin, expires_at=expires
+    )
+    typer.echo(f"Created key {info.id} '{info.name}' in workspace '{info.workspace}'.", err=True)
+    typer.echo("The secret is shown only now:", err=True)
+    typer.echo(secret)
+
+
+@app.command("list")
+def list_keys(
+    workspace: Annotated[str | None, typer.Option(help="Only this workspace.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """List keys (never their secrets)."""
+    rows = _service(config).list(workspace)
+    typer.echo(f"{'ID':>4}  {'PREFIX':<10} {'WORKSPACE':<16} {'ADMIN':<5}  {'STATUS':<8} NAME")
+    for info in rows:
+        typer.echo(
+            f"{info.id:>4}  {info.prefix:<10} {info.workspace:<16} "
+            f"{'yes' if info.is_admin else 'no':<5}  {info.status:<8} {info.name}"
+        )
+
+
+@app.command()
+def revoke(
+    key_id: Annotated[int, typer.Argument(help="The key's ID from `enclave keys list`.")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a key. A running server stops accepting it within 5 seconds."""
+    try:
+        info = _service(config).revoke(key_id)
+    except EnclaveError as exc:
+        typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Revoked key {info.id} '{info.name}'.")

@@ -1,0 +1,32 @@
+"""The ``enclave`` command. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from enclave import __version__
+from enclave.cli import config, keys, serve
+
+app = typer.Typer(
+    name="enclave",
+    help=(
+        "Enclave: a sovereign, self-hosted AI platform behind one OpenAI-compatible API.\n\n"
+        "Start the server with `enclave serve`; manage API keys with `enclave keys`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("serve")(serve.serve)
+app.add_typer(keys.app, name="keys")
+app.add_typer(config.app, name="config")
+
+
+@app.command()
+def version() -> None:
+    """Print the Enclave version."""
+    typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    app()
