@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
+from typing import Any
 
 from enclave.errors import InvalidRequest
 from enclave.metrics import Metrics
@@ -95,6 +96,23 @@ class InferenceService:
         result = await provider.embed(card.id, inputs)
         self.metrics.tokens.labels(card.id, "in").inc(result.prompt_tokens)
         return card, result
+
+    async def provider_status(self) -> list[dict[str, Any]]:
+        """Health, models and backend state of every provider."""
+        status = []
+        for provider in self.registry.providers:
+            health = await provider.health()
+            status.append(
+                {
+                    "name": provider.name,
+                    "healthy": health.ok,
+                    "detail": health.detail,
+                    "queue_depth": health.queue_depth,
+                    "models": [card.id for card in provider.models()],
+                    "state": provider.describe(),
+                }
+            )
+        return status
 
     async def refresh_gauges(self) -> None:
         """Bring point-in-time gauges up to date (called when metrics are scraped)."""

@@ -146,6 +146,16 @@ class Settings(BaseSettings):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     providers: list[ProviderConfig] = Field(default_factory=default_providers)
 
+    @field_validator("admin_key", mode="before")
+    @classmethod
+    def _admin_key_is_long(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # an empty ENCLAVE_ADMIN_KEY means "not set"
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if len(secret) < 16:
+            raise ValueError("ENCLAVE_ADMIN_KEY must be at least 16 characters long")
+        return value
+
     @field_validator("metrics_token")
     @classmethod
     def _metrics_token_is_reference(cls, value: str | None) -> str | None:

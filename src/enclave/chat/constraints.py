@@ -82,7 +82,10 @@ class OutputPlan:
     def validate_json(self, text: str) -> None:
         """Raise ``ValueError`` if schema-constrained output does not validate."""
         if self.schema is not None:
-            jsonschema.validate(json.loads(text), self.schema)
+            try:
+                jsonschema.validate(json.loads(text), self.schema)
+            except jsonschema.ValidationError as exc:
+                raise ValueError(exc.message) from exc
 
 
 def _tool_call_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:

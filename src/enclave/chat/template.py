@@ -67,6 +67,10 @@ class ChatTemplate:
         self._bos_token = bos_token
         self._eos_token = eos_token
 
+    @property
+    def bos_token(self) -> str:
+        return self._bos_token
+
     def render(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
         plain: list[dict[str, str]] = []
         for message in messages:

@@ -188,3 +188,7 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     async def health(self) -> Health: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Backend-specific state for operators (slots, load, counters)."""
+        return {}

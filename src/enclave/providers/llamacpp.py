@@ -131,6 +131,15 @@ class _StopMatcher:
         return out
 
 
+@dataclass
+class RunnerStats:
+    """Counters since start, for ``GET /api/providers`` and tests."""
+
+    generations: int = 0
+    cancelled: int = 0
+    tokens_generated: int = 0
+
+
 class LocalModel:
     """One GGUF model with its slots, queue and chat template."""
 
@@ -146,7 +155,9 @@ class LocalModel:
         self._executor = ThreadPoolExecutor(runner.slots, thread_name_prefix=f"llama-{config.name}")
         self._workers: list[asyncio.Task[None]] = []
         self._busy = 0
+        self.stats = RunnerStats()
         self.template: ChatTemplate | None = None
+        self._strip_bos = ""
 
     @property
     def tokenizer(self) -> Llama:
@@ -182,7 +193,9 @@ class LocalModel:
             bos_token=llama._model.token_get_text(bos) if bos >= 0 else "",
             eos_token=llama._model.token_get_text(eos) if eos >= 0 else "",
         )
-        self._bos_text = self.template._bos_token
+        # Templates that print bos_token would double it when tokenize() adds one too.
+        adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
+        self._strip_bos = self.template.bos_token if adds_bos else ""
 
     def start_workers(self) -> None:
         for slot in self._slots:
@@ -219,8 +232,8 @@ class LocalModel:
             plan = plan_output(request.response_format, request.tools, request.tool_choice)
             offered = request.tools if plan.tool_mode != "none" else ()
             prompt = self.template.render(request.messages, offered)
-            if self._bos_text and prompt.startswith(self._bos_text):
-                prompt = prompt[len(self._bos_text) :]  # tokenize() adds BOS itself
+            if self._strip_bos and prompt.startswith(self._strip_bos):
+                prompt = prompt[len(self._strip_bos) :]
         tokens = self.tokenizer.tokenize(prompt.encode(), add_bos=True, special=True)
         room = self.n_ctx - len(tokens)
         if room <= 0:
@@ -256,29 +269,35 @@ class LocalModel:
             started = time.monotonic()
             self._busy += 1
             try:
-                await loop.run_in_executor(self._executor, _decode, slot, job)
+                finished = await loop.run_in_executor(self._executor, _decode, slot, job)
             except Exception as exc:  # the decode loop reports its own errors
                 log.exception("decode worker failed")
                 job.emit(ProviderError(f"The local model failed: {type(exc).__name__}"))
+            else:
+                if finished is not None:
+                    self.stats.generations += 1
+                    self.stats.cancelled += finished.finish_reason == "cancelled"
+                    self.stats.tokens_generated += finished.usage.completion_tokens
             finally:
                 self._busy -= 1
                 self.queue.record_service_time(time.monotonic() - started)
 
 
-def _decode(llama: Llama, job: _Job) -> None:
+def _decode(llama: Llama, job: _Job) -> Finished | None:
     """Run one generation on ``llama``; blocking, on the slot's thread."""
     try:
-        _decode_into(llama, job, job.emit)
+        return _decode_into(llama, job, job.emit)
     except EnclaveError as exc:
         job.emit(exc)
     except Exception as exc:
         log.exception("llama.cpp generation failed")
         job.emit(ProviderError(f"The local model failed: {type(exc).__name__}: {exc}"))
+    return None
 
 
 def _decode_into(
     llama: Llama, job: _Job, emit: Callable[[GenerationEvent | BaseException], None]
-) -> None:
+) -> Finished:
     sampling = job.sampling
     plan = job.plan
     llama.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
@@ -344,7 +363,9 @@ def _decode_into(
             plan.validate_json(text)
         except ValueError as exc:
             log.warning("grammar-constrained output failed validation: %s", exc)
-    emit(Finished(finish, usage))
+    finished = Finished(finish, usage)
+    emit(finished)
+    return finished
 
 
 class LlamaCppProvider(Provider):
@@ -392,6 +413,14 @@ class LlamaCppProvider(Provider):
 
     def describe(self) -> dict[str, Any]:
         return {
-            name: {"slots": model.runner.slots, "threads": model.threads, "busy": model.busy}
+            name: {
+                "slots": model.runner.slots,
+                "threads": model.threads,
+                "busy": model.busy,
+                "queued": len(model.queue),
+                "generations": model.stats.generations,
+                "cancelled": model.stats.cancelled,
+                "tokens_generated": model.stats.tokens_generated,
+            }
             for name, model in self._models.items()
         }

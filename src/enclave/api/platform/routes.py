@@ -24,6 +24,11 @@ async def me(principal: Principal = Depends(require_principal)) -> Me:
     )
 
 
+@router.get("/providers", summary="Providers with their health, models and load")
+async def providers(svc: Services = Depends(services)) -> list[dict[str, Any]]:
+    return await svc.inference.provider_status()
+
+
 @admin.get("/keys", summary="List API keys")
 async def list_keys(
     workspace: str | None = None, svc: Services = Depends(services)

@@ -1,0 +1,104 @@
+"""A provider that replays scripted answers: predictable, instant, CPU-free."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from enclave.errors import ModelNotFound, QueueFull
+from enclave.providers.base import (
+    Capabilities,
+    EmbeddingResult,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    GenerationStream,
+    Health,
+    ModelCard,
+    Provider,
+    TextDelta,
+    Usage,
+)
+
+
+@dataclass
+class Script:
+    """What the fake model says: ``words`` streamed one per event.
+
+    ``fail_after`` raises ``error`` after that many words (a provider dying
+    mid-stream); ``delay`` sleeps between words.
+    """
+
+    words: Sequence[str] = ("Hello", " from", " the", " script", ".")
+    delay: float = 0.0
+    fail_after: int | None = None
+    error: BaseException | None = None
+
+
+class _ScriptedStream(GenerationStream):
+    def __init__(self, provider: ScriptedProvider, request: GenerationRequest) -> None:
+        self._provider = provider
+        self._request = request
+        self.closed = False
+
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[GenerationEvent]:
+        script = self._provider.script
+        self._provider.in_flight += 1
+        try:
+            emitted = 0
+            for word in script.words:
+                if script.fail_after is not None and emitted >= script.fail_after:
+                    raise script.error or RuntimeError("scripted failure")
+                if script.delay:
+                    await asyncio.sleep(script.delay)
+                if self.closed:
+                    return
+                emitted += 1
+                yield TextDelta(word)
+            prompt = len(self._request.messages) or 1
+            yield Finished("stop", Usage(prompt_tokens=prompt, completion_tokens=emitted))
+        finally:
+            self._provider.in_flight -= 1
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class ScriptedProvider(Provider):
+    """Serves one chat model ``scripted`` and one embedding model ``scripted-embed``."""
+
+    def __init__(self, name: str = "scripted", *, script: Script | None = None) -> None:
+        self.name = name
+        self.script = script or Script()
+        self.requests: list[GenerationRequest] = []
+        self.in_flight = 0
+        self.capacity: int | None = None
+
+    def models(self) -> list[ModelCard]:
+        return [
+            ModelCard("scripted", self.name, Capabilities(chat=True, completion=True)),
+            ModelCard(
+                "scripted-embed",
+                self.name,
+                Capabilities(embeddings=True, embedding_dimensions=3),
+            ),
+        ]
+
+    async def generate(self, request: GenerationRequest) -> GenerationStream:
+        if request.model != "scripted":
+            raise ModelNotFound(request.model)
+        if self.capacity is not None and self.in_flight >= self.capacity:
+            raise QueueFull("The scripted model is busy.", retry_after=2)
+        self.requests.append(request)
+        return _ScriptedStream(self, request)
+
+    async def embed(self, model: str, inputs: Sequence[str]) -> EmbeddingResult:
+        vectors = [[float(len(text)), 1.0, 0.0] for text in inputs]
+        return EmbeddingResult(vectors=vectors, prompt_tokens=sum(len(t.split()) for t in inputs))
+
+    async def health(self) -> Health:
+        return Health(ok=True)

@@ -1,0 +1,41 @@
+"""Shared fixtures. Unit tests use the scripted provider through an in-process client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from enclave.app import create_app
+from enclave.providers.registry import ModelRegistry
+from enclave.settings import Settings
+from enclave.testing.scripted import ScriptedProvider
+
+ADMIN_KEY = "ek-test-admin-key-0123456789abcdef"
+
+
+@dataclass
+class ScriptedApp:
+    client: TestClient
+    provider: ScriptedProvider
+    settings: Settings
+
+    def auth(self, key: str = ADMIN_KEY) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home", admin_key=ADMIN_KEY, max_body_bytes=64 * 1024)
+
+
+@pytest.fixture
+def scripted(settings: Settings) -> Iterator[ScriptedApp]:
+    provider = ScriptedProvider()
+    registry = ModelRegistry([provider], default_model="scripted")
+    app = create_app(settings, registry=registry)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield ScriptedApp(client, provider, settings)

@@ -1,0 +1,111 @@
+"""End-to-end fixtures: a real `enclave serve` subprocess on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+ADMIN_KEY = "ek-e2e-admin-key-0123456789abcdef"
+ENCLAVE = str(Path(sys.executable).parent / "enclave")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    home: Path
+    env: dict[str, str]
+    process: subprocess.Popen[str]
+    log: Path
+    admin_key: str = ADMIN_KEY
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def client(self, key: str | None = None, **options: object) -> OpenAI:
+        return OpenAI(
+            base_url=f"{self.url}/v1",
+            api_key=key or self.admin_key,
+            max_retries=0,
+            timeout=120,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def http(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key or self.admin_key}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [ENCLAVE, *args], env=self.env, capture_output=True, text=True, timeout=120
+        )
+
+
+def start_server(home: Path, config: str | None = None, **env_overrides: str) -> Server:
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "ENCLAVE_HOME": str(home), "ENCLAVE_LOG_LEVEL": "info"}
+    env.pop("ENCLAVE_CONFIG", None)
+    env.update(env_overrides)
+    args = [ENCLAVE, "serve", "--port", str(port)]
+    if config is not None:
+        path = home / "enclave.yaml"
+        path.write_text(config)
+        args += ["--config", str(path)]
+    log = home / "server.log"
+    process = subprocess.Popen(
+        args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"enclave serve exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return Server(url, home, env, process, log, env.get("ENCLAVE_ADMIN_KEY", ""))
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    stop_server(process)
+    raise RuntimeError(f"enclave serve was not ready in time:\n{log.read_text()}")
+
+
+def stop_server(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# One model slot and a two-deep queue, so queueing and cancellation are observable.
+E2E_CONFIG = """
+runner:
+  slots: 1
+  queue_size: 2
+"""
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("enclave-e2e")
+    running = start_server(home, E2E_CONFIG, ENCLAVE_ADMIN_KEY=ADMIN_KEY)
+    yield running
+    stop_server(running.process)

@@ -1,0 +1,103 @@
+"""The `enclave` command: help, config errors, keys, and the first-start admin key."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import ENCLAVE, Server, start_server, stop_server
+
+pytestmark = pytest.mark.model
+
+KEY = re.compile(r"ek-[A-Za-z0-9_-]{43}")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "enclave serve"),
+        (["serve"], "ENCLAVE_HOME"),
+        (["keys"], "hashes"),
+        (["keys", "create"], "--workspace"),
+        (["config", "check"], "field and line"),
+    ],
+)
+def test_help_is_useful(server: Server, args: list[str], expected: str) -> None:
+    result = server.cli(*args, "--help")
+    assert result.returncode == 0
+    assert expected in " ".join(result.stdout.split())
+
+
+def test_config_errors_name_the_field_and_line(server: Server, tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("port: 8080\nrunner:\n  slots: zero\n")
+    result = server.cli("config", "check", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}, line 3: field 'runner.slots'" in result.stderr
+
+
+def test_keys_lifecycle_against_a_running_server(server: Server) -> None:
+    created = server.cli("keys", "create", "analyst", "--workspace", "research")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert KEY.fullmatch(secret)
+    with server.http(key=secret) as client:
+        me = client.get("/api/me").json()
+        assert me["workspace"] == "research" and me["admin"] is False
+
+    listing = server.cli("keys", "list").stdout
+    assert "analyst" in listing and secret[:8] in listing and secret not in listing
+    key_id = next(line.split()[0] for line in listing.splitlines() if "analyst" in line)
+
+    assert server.cli("keys", "revoke", key_id).returncode == 0
+    deadline = time.monotonic() + 10  # the server caches verified keys for 5 s
+    with server.http(key=secret) as client:
+        while client.get("/v1/models").status_code != 401:
+            assert time.monotonic() < deadline, "revoked key still accepted"
+            time.sleep(0.25)
+    assert "revoked" in server.cli("keys", "list").stdout
+    assert server.cli("keys", "revoke", "9999").returncode == 1
+
+
+def test_keys_are_stored_only_as_hashes(server: Server) -> None:
+    secret = server.cli("keys", "create", "hash-check").stdout.strip()
+    database = (server.home / "enclave.db").read_bytes()
+    wal = server.home / "enclave.db-wal"
+    stored = database + (wal.read_bytes() if wal.exists() else b"")
+    assert secret.encode() not in stored
+    assert server.admin_key.encode() not in stored
+
+
+CHAT_ONLY = """
+providers:
+  - name: local
+    type: llamacpp
+    models: [{name: smollm2-135m, path: "builtin:smollm2", n_ctx: 1024}]
+"""
+
+
+def test_first_start_prints_an_admin_key_once(tmp_path: Path) -> None:
+    home = tmp_path / "fresh"
+    first = start_server(home, CHAT_ONLY, ENCLAVE_ADMIN_KEY="")
+    try:
+        keys = KEY.findall(first.log.read_text())
+        assert len(keys) == 1
+        response = httpx.get(
+            f"{first.url}/api/me", headers={"Authorization": f"Bearer {keys[0]}"}, timeout=10
+        )
+        assert response.json()["admin"] is True
+    finally:
+        stop_server(first.process)
+    second = start_server(home, CHAT_ONLY, ENCLAVE_ADMIN_KEY="")
+    try:
+        assert KEY.findall(second.log.read_text()) == []
+    finally:
+        stop_server(second.process)
+    rows = sqlite3.connect(home / "enclave.db").execute("SELECT key_hash FROM api_keys").fetchall()
+    assert len(rows) == 1 and keys[0] not in rows[0][0]
+    assert Path(ENCLAVE).exists()

@@ -1,0 +1,110 @@
+"""No route except the health checks answers without a valid key.
+
+The test walks the app's route table, so a route added later without
+authentication fails here.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi.routing import APIRoute
+
+from enclave.api.health import PUBLIC_PATHS
+from tests.conftest import ScriptedApp
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "1", path)
+
+
+def api_routes(routes: list[Any]) -> list[APIRoute]:
+    """Flatten the route table, including routers mounted with include_router."""
+    found: list[APIRoute] = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            found.append(route)
+        elif hasattr(route, "original_router"):  # FastAPI >= 0.16x wraps included routers
+            found.extend(api_routes(route.original_router.routes))
+        elif hasattr(route, "routes"):
+            found.extend(api_routes(route.routes))
+    return found
+
+
+def routes(scripted: ScriptedApp) -> list[tuple[str, str]]:
+    app = scripted.client.app
+    return [
+        (method, concrete(route.path))
+        for route in api_routes(app.routes)  # type: ignore[attr-defined]
+        for method in sorted(route.methods - {"HEAD"})
+    ]
+
+
+def test_the_route_table_is_not_empty(scripted: ScriptedApp) -> None:
+    paths = {path for _, path in routes(scripted)}
+    assert {"/v1/chat/completions", "/v1/models", "/metrics", "/api/keys"} <= paths
+
+
+def test_every_non_health_route_refuses_requests_without_a_key(scripted: ScriptedApp) -> None:
+    for method, path in routes(scripted):
+        if path in PUBLIC_PATHS:
+            continue
+        response = scripted.client.request(method, path, json={})
+        assert response.status_code == 401, (method, path, response.text)
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_every_non_health_route_refuses_a_wrong_key(scripted: ScriptedApp) -> None:
+    for method, path in routes(scripted):
+        if path in PUBLIC_PATHS:
+            continue
+        response = scripted.client.request(
+            method, path, json={}, headers=scripted.auth("ek-not-a-real-key-aaaaaaaaaaaa")
+        )
+        assert response.status_code == 401, (method, path)
+
+
+def test_health_checks_are_open(scripted: ScriptedApp) -> None:
+    assert scripted.client.get("/healthz").status_code == 200
+    ready = scripted.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["database"] == "ok"
+
+
+def test_revoked_and_expired_keys_are_refused(scripted: ScriptedApp) -> None:
+    created = scripted.client.post(
+        "/api/keys", json={"name": "temp"}, headers=scripted.auth()
+    ).json()
+    assert (
+        scripted.client.get("/v1/models", headers=scripted.auth(created["key"])).status_code == 200
+    )
+    scripted.client.delete(f"/api/keys/{created['id']}", headers=scripted.auth())
+    refused = scripted.client.get("/v1/models", headers=scripted.auth(created["key"]))
+    assert refused.status_code == 401
+
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    expired = scripted.client.post(
+        "/api/keys", json={"name": "old", "expires_at": past}, headers=scripted.auth()
+    ).json()
+    response = scripted.client.get("/v1/models", headers=scripted.auth(expired["key"]))
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "expired_api_key"
+
+
+def test_admin_routes_refuse_ordinary_keys(scripted: ScriptedApp) -> None:
+    user = scripted.client.post("/api/keys", json={"name": "user"}, headers=scripted.auth()).json()
+    for method, path in [("GET", "/api/keys"), ("POST", "/api/keys"), ("GET", "/metrics")]:
+        response = scripted.client.request(
+            method, path, json={}, headers=scripted.auth(user["key"])
+        )
+        assert response.status_code == 403, path
+    assert scripted.client.get("/v1/models", headers=scripted.auth(user["key"])).status_code == 200
+
+
+def test_metrics_accept_the_metrics_token(scripted: ScriptedApp) -> None:
+    scripted.client.app.state.services.metrics_token = "metrics-reader-token"  # type: ignore[attr-defined]
+    response = scripted.client.get("/metrics", headers=scripted.auth("metrics-reader-token"))
+    assert response.status_code == 200
+    assert "enclave_http_requests_total" in response.text

@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+
+from enclave.errors import ConfigError
+from enclave.settings import load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "enclave.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_serve_the_embedded_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ENCLAVE_CONFIG", raising=False)
+    settings = load_settings()
+    assert settings.port == 8080 and settings.host == "127.0.0.1"
+    assert settings.max_body_bytes == 10 * 1024 * 1024
+    paths = [model.path for provider in settings.providers for model in provider.models]
+    assert paths == ["builtin:smollm2", "builtin:all-minilm-l6-v2"]
+
+
+def test_bad_value_names_field_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "port: 8080\nrunner:\n  slots: 2\n  queue_size: -5\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    message = str(info.value)
+    assert f"{path}, line 4" in message
+    assert "runner.queue_size" in message
+
+
+def test_unknown_field_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "host: 0.0.0.0\nprot: 9000\n")
+    with pytest.raises(ConfigError, match=r"line 2: field 'prot': unknown field"):
+        load_settings(path)
+
+
+def test_nested_list_errors_point_into_the_list(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "providers:\n  - name: local\n    type: llamacpp\n    models:\n"
+        "      - name: a\n        path: builtin:smollm2\n        n_ctx: 10\n",
+    )
+    with pytest.raises(ConfigError, match=r"line 7: field 'providers\.0\.models\.0\.n_ctx'"):
+        load_settings(path)
+
+
+def test_invalid_yaml_gets_a_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "port: 8080\nrunner: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_settings(path)
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "port: 9000\nrunner:\n  slots: 3\n")
+    monkeypatch.setenv("ENCLAVE_PORT", "9100")
+    monkeypatch.setenv("ENCLAVE_RUNNER__SLOTS", "5")
+    settings = load_settings(path)
+    assert settings.port == 9100
+    assert settings.runner.slots == 5
+
+
+def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENCLAVE_PORT", "not-a-port")
+    with pytest.raises(ConfigError, match="ENCLAVE_PORT"):
+        load_settings()
+
+
+def test_secrets_must_be_references(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"metrics_token.*references"):
+        load_settings(write(tmp_path, "metrics_token: hunter2\n"))
+    assert load_settings(write(tmp_path, "metrics_token: env:METRICS\n")).metrics_token
+
+
+def test_duplicate_model_names_are_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "providers:\n"
+        "  - {name: a, type: llamacpp, models: [{name: m, path: builtin:smollm2}]}\n"
+        "  - {name: b, type: llamacpp, models: [{name: m, path: builtin:smollm2}]}\n",
+    )
+    with pytest.raises(ConfigError, match="'m' is used twice"):
+        load_settings(path)
+
+
+def test_admin_key_must_be_long_and_empty_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENCLAVE_ADMIN_KEY", "short")
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        load_settings()
+    monkeypatch.setenv("ENCLAVE_ADMIN_KEY", "")
+    assert load_settings().admin_key is None
