@@ -71,8 +71,10 @@ SCHEMAS = [
             "city": {"type": "string", "enum": ["Paris", "Berlin", "Rome"]},
             "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
             "sunny": {"type": "boolean"},
+            "rain_probability": {"type": "number", "minimum": 0, "maximum": 1},
+            "temperature": {"type": "integer", "minimum": -40, "maximum": 45},
         },
-        "required": ["city", "tags", "sunny"],
+        "required": ["city", "tags", "sunny", "rain_probability", "temperature"],
         "additionalProperties": False,
     },
 ]

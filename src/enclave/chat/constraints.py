@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF
 
+from enclave.chat.schema_grammar import schema_to_gbnf
 from enclave.chat.template import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from enclave.errors import InvalidRequest
 from enclave.providers.base import ResponseFormat, ToolCall, ToolSpec
@@ -107,8 +108,18 @@ def _tool_call_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:
 def _schema_grammar(schema: dict[str, Any], param: str) -> str:
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
-        return json_schema_to_gbnf(json.dumps(schema))
-    except (jsonschema.SchemaError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        return schema_to_gbnf(schema)
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message, param=param) from exc
+    except (
+        jsonschema.SchemaError,
+        ValueError,
+        KeyError,
+        TypeError,
+        RecursionError,
+        AssertionError,
+        NotImplementedError,
+    ) as exc:
         message = getattr(exc, "message", None) or str(exc)
         raise InvalidRequest(f"Unsupported JSON schema: {message}", param=param) from exc
 
