@@ -188,7 +188,7 @@ def _is_integral(value: Any) -> bool:
     )
 
 
-class _BoundedConverter(SchemaConverter):  # type: ignore[misc]
+class _BoundedConverter(SchemaConverter):
     """llama-cpp-python's converter, plus exact numeric bounds."""
 
     def visit(self, schema: dict[str, Any], name: str) -> str:
