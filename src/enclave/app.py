@@ -36,13 +36,22 @@ def bootstrap_admin_key(keys: KeyService, settings: Settings) -> str | None:
     """Ensure an admin key exists. Returns a newly generated secret, if one was made.
 
     With ``ENCLAVE_ADMIN_KEY`` set, that key is registered (hashed) as an admin
-    key of the default workspace. Otherwise, on the first start only, a key is
+    key of the default workspace. A revoked one stays revoked: revocation is
+    never undone by a restart. Otherwise, on the first start only, a key is
     generated; the caller shows it once and it is never retrievable again.
     """
     if settings.admin_key is not None:
         secret = settings.admin_key.get_secret_value()
-        if not keys.exists(secret):
+        existing = keys.find(secret)
+        if existing is None:
             keys.create("admin (ENCLAVE_ADMIN_KEY)", is_admin=True, key=secret)
+        elif existing.status != "active":
+            log.warning(
+                "ENCLAVE_ADMIN_KEY (key id %d) is %s and will not authenticate; "
+                "set a new ENCLAVE_ADMIN_KEY or create one with `enclave keys create --admin`",
+                existing.id,
+                existing.status,
+            )
         return None
     if keys.has_admin_key():
         return None
@@ -65,6 +74,8 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     """Build the app. ``registry`` lets tests inject fake providers."""
     metrics = Metrics()
     model_registry = registry or ModelRegistry.from_settings(settings)
+    # Resolved now so that a missing secret stops start-up with a ConfigError.
+    metrics_token = resolve_secret(settings.metrics_token) if settings.metrics_token else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,9 +92,7 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
             registry=model_registry,
             inference=InferenceService(model_registry, metrics),
             metrics=metrics,
-            metrics_token=(
-                resolve_secret(settings.metrics_token) if settings.metrics_token else None
-            ),
+            metrics_token=metrics_token,
         )
         await model_registry.start()
         log.info("models ready: %s", ", ".join(card.id for card in model_registry.cards()))

@@ -87,11 +87,20 @@ class InferenceService:
         stream = await provider.generate(replace(request, model=card.id))
         return Generation(stream, card, self.metrics, admitted)
 
-    async def embed(self, model: str, inputs: Sequence[str]) -> tuple[ModelCard, EmbeddingResult]:
+    async def embed(
+        self, model: str, inputs: Sequence[str], *, dimensions: int | None = None
+    ) -> tuple[ModelCard, EmbeddingResult]:
+        """Embed ``inputs``; ``dimensions``, if given, must be the model's own."""
         provider, card = self.registry.resolve(model)
         if not card.capabilities.embeddings:
             raise InvalidRequest(
                 f"The model '{card.id}' does not produce embeddings.", param="model"
+            )
+        native = card.capabilities.embedding_dimensions
+        if dimensions is not None and dimensions != native:
+            raise InvalidRequest(
+                f"The model '{card.id}' produces {native} dimensions and cannot change that.",
+                param="dimensions",
             )
         result = await provider.embed(card.id, inputs)
         self.metrics.tokens.labels(card.id, "in").inc(result.prompt_tokens)

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from enclave.errors import ConfigError
@@ -122,12 +130,16 @@ class Settings(BaseSettings):
 
     home: Path = Field(
         default_factory=lambda: Path.home() / ".local" / "share" / "enclave",
-        description="Folder for all state: database, logs.",
+        description="Folder for all state (the SQLite database); '~' is expanded.",
     )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8080, ge=1, le=65535, description="Port to listen on.")
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default: SQLite at <home>/enclave.db."
+        None,
+        description=(
+            "SQLAlchemy URL, or an env:/file: reference to one; default: SQLite at "
+            "<home>/enclave.db. A URL with a password must be a reference."
+        ),
     )
     max_body_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
@@ -140,11 +152,12 @@ class Settings(BaseSettings):
     metrics_token: SecretReference | None = Field(
         None, description="Reference (env:/file:) to a token that may read /metrics."
     )
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    providers: list[ProviderConfig] = Field(default_factory=default_providers)
+    # After providers, so that its validator can see them.
     default_model: str = Field(
         "smollm2-135m", description="Model used when a request names the model 'default'."
     )
-    runner: RunnerConfig = Field(default_factory=RunnerConfig)
-    providers: list[ProviderConfig] = Field(default_factory=default_providers)
 
     @field_validator("admin_key", mode="before")
     @classmethod
@@ -156,10 +169,51 @@ class Settings(BaseSettings):
             raise ValueError("ENCLAVE_ADMIN_KEY must be at least 16 characters long")
         return value
 
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
     @field_validator("metrics_token")
     @classmethod
-    def _metrics_token_is_reference(cls, value: str | None) -> str | None:
-        return None if value is None else _check_secret_reference(value)
+    def _metrics_token_resolves(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _check_secret_reference(value)
+        try:
+            resolve_secret(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_hides_password(cls, value: str | None) -> str | None:
+        if value is None or value.startswith(("env:", "file:")):
+            if value is not None:
+                try:
+                    resolve_secret(value)
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from None
+            return value
+        if _url_password(value):
+            raise ValueError(
+                "the URL contains a password; give it as a reference instead, "
+                "e.g. database_url: env:ENCLAVE_DB_URL"
+            )
+        return value
+
+    @field_validator("default_model")
+    @classmethod
+    def _default_model_exists(cls, value: str, info: ValidationInfo) -> str:
+        providers = info.data.get("providers")
+        if providers is None:  # providers failed validation; that error is reported
+            return value
+        names = {model.name for provider in providers for model in provider.models}
+        if value not in names:
+            known = ", ".join(sorted(names)) or "none"
+            raise ValueError(f"'{value}' is not a configured model (known: {known})")
+        return value
 
     @field_validator("providers")
     @classmethod
@@ -178,7 +232,12 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home / 'enclave.db'}"
+        """The database URL with any reference resolved. Never log it."""
+        if self.database_url is None:
+            return f"sqlite:///{self.home / 'enclave.db'}"
+        if self.database_url.startswith(("env:", "file:")):
+            return resolve_secret(self.database_url)
+        return self.database_url
 
     @classmethod
     def settings_customise_sources(
@@ -191,6 +250,33 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the file; the file arrives as init kwargs.
         return (env_settings, init_settings)
+
+
+def _url_password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).password
+    except ArgumentError:
+        return None
+
+
+# Variables with the ENCLAVE_ prefix that are not settings fields.
+OTHER_ENVIRONMENT = {"ENCLAVE_CONFIG"}
+
+
+def _unknown_environment() -> list[str]:
+    """``ENCLAVE_*`` variables that name no setting: almost always a typo."""
+    fields = {name.upper() for name in Settings.model_fields}
+    unknown = []
+    for name in os.environ:
+        if not name.startswith("ENCLAVE_") or name in OTHER_ENVIRONMENT:
+            continue
+        top = name.removeprefix("ENCLAVE_").split("__", 1)[0]
+        if top not in fields:
+            unknown.append(name)
+    return sorted(unknown)
 
 
 def _compose_with_lines(text: str, source: str) -> tuple[dict[str, Any], dict[tuple, int]]:
@@ -227,12 +313,18 @@ def _compose_with_lines(text: str, source: str) -> tuple[dict[str, Any], dict[tu
 def _describe(error: Any, lines: dict[tuple, int], source: str) -> str:
     loc = tuple(error["loc"])
     field = ".".join(str(part) for part in loc) or "(top level)"
-    if loc and loc[:1] in lines:
+    # The environment wins over the file, so a variable that sets the field is to blame.
+    env_names = [
+        "ENCLAVE_" + "__".join(str(p).upper() for p in loc[:cut]) for cut in range(len(loc), 0, -1)
+    ]
+    env_name = next((name for name in env_names if name in os.environ), None)
+    if env_name is not None:
+        where = f"environment variable {env_name}"
+    elif loc and loc[:1] in lines:
         line = next(lines[loc[:cut]] for cut in range(len(loc), 0, -1) if loc[:cut] in lines)
         where = f"{source}, line {line}"
     else:
-        env_name = "ENCLAVE_" + "__".join(str(part).upper() for part in loc)
-        where = f"environment variable {env_name}" if env_name in os.environ else source
+        where = source
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         message = "unknown field (check the spelling; see docs/configuration.md)"
@@ -256,6 +348,18 @@ def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Se
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         data, lines = _compose_with_lines(text, source)
+    if "admin_key" in data:
+        raise ConfigError(
+            f"{source}, line {lines.get(('admin_key',), 1)}: field 'admin_key': "
+            "set it only through the ENCLAVE_ADMIN_KEY environment variable, never in a file"
+        )
+    unknown = _unknown_environment()
+    if unknown:
+        raise ConfigError(
+            "unknown environment variable(s): "
+            + ", ".join(unknown)
+            + " (check the spelling; see docs/configuration.md)"
+        )
     try:
         settings = Settings(**data)
     except ValidationError as exc:

@@ -11,8 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
 
 from enclave.api.health import PUBLIC_PATHS
+from enclave.app import create_app
+from enclave.providers.registry import ModelRegistry
+from enclave.settings import Settings
+from enclave.testing.scripted import ScriptedProvider
 from tests.conftest import ScriptedApp
 
 
@@ -108,3 +113,31 @@ def test_metrics_accept_the_metrics_token(scripted: ScriptedApp) -> None:
     response = scripted.client.get("/metrics", headers=scripted.auth("metrics-reader-token"))
     assert response.status_code == 200
     assert "enclave_http_requests_total" in response.text
+
+
+def test_key_timestamps_are_utc_and_a_naive_expiry_means_utc(scripted: ScriptedApp) -> None:
+    naive = (datetime.now(UTC) + timedelta(days=1)).replace(tzinfo=None, microsecond=0)
+    created = scripted.client.post(
+        "/api/keys", json={"name": "tz", "expires_at": naive.isoformat()}, headers=scripted.auth()
+    ).json()
+    listed = scripted.client.get("/api/keys", headers=scripted.auth()).json()
+    row = next(key for key in listed if key["id"] == created["id"])
+    for stamp in (row["created_at"], row["expires_at"], created["created_at"]):
+        assert datetime.fromisoformat(stamp).utcoffset() == timedelta(0), stamp
+    assert datetime.fromisoformat(row["expires_at"]) == naive.replace(tzinfo=UTC)
+
+
+def test_a_revoked_admin_key_from_the_environment_stays_revoked(
+    settings: Settings, scripted: ScriptedApp
+) -> None:
+    listed = scripted.client.get("/api/keys", headers=scripted.auth()).json()
+    env_key = next(key for key in listed if key["name"] == "admin (ENCLAVE_ADMIN_KEY)")
+    other = scripted.client.post(
+        "/api/keys", json={"name": "ops", "admin": True}, headers=scripted.auth()
+    ).json()
+    scripted.client.delete(f"/api/keys/{env_key['id']}", headers=scripted.auth(other["key"]))
+    scripted.client.close()  # restart on the same database with the same variable
+    app = create_app(settings, registry=ModelRegistry([ScriptedProvider()], "scripted"))
+    with TestClient(app) as client:
+        assert client.get("/v1/models", headers=scripted.auth()).status_code == 401
+        assert client.get("/v1/models", headers=scripted.auth(other["key"])).status_code == 200

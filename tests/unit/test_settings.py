@@ -67,9 +67,10 @@ def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatc
         load_settings()
 
 
-def test_secrets_must_be_references(tmp_path: Path) -> None:
+def test_secrets_must_be_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match=r"metrics_token.*references"):
         load_settings(write(tmp_path, "metrics_token: hunter2\n"))
+    monkeypatch.setenv("METRICS", "a-token")
     assert load_settings(write(tmp_path, "metrics_token: env:METRICS\n")).metrics_token
 
 
@@ -90,3 +91,60 @@ def test_admin_key_must_be_long_and_empty_means_unset(monkeypatch: pytest.Monkey
         load_settings()
     monkeypatch.setenv("ENCLAVE_ADMIN_KEY", "")
     assert load_settings().admin_key is None
+
+
+def test_admin_key_is_refused_in_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "port: 8080\nadmin_key: a-very-long-literal-key\n")
+    with pytest.raises(ConfigError, match=r"line 2: field 'admin_key': .*ENCLAVE_ADMIN_KEY"):
+        load_settings(path)
+
+
+def test_environment_is_blamed_when_it_set_the_bad_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "runner:\n  slots: 2\n")
+    monkeypatch.setenv("ENCLAVE_RUNNER__SLOTS", "0")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert "environment variable ENCLAVE_RUNNER__SLOTS" in str(info.value)
+    assert "line" not in str(info.value)
+
+
+def test_misspelt_environment_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENCLAVE_PROT", "9000")
+    with pytest.raises(ConfigError, match=r"unknown environment variable.*ENCLAVE_PROT"):
+        load_settings()
+
+
+def test_unresolvable_metrics_token_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
+    path = write(tmp_path, "metrics_token: env:NO_SUCH_TOKEN_VAR\n")
+    with pytest.raises(ConfigError, match=r"line 1: field 'metrics_token': .*not set"):
+        load_settings(path)
+
+
+def test_default_model_must_be_configured(tmp_path: Path) -> None:
+    path = write(tmp_path, "default_model: gpt-7\n")
+    with pytest.raises(ConfigError, match=r"line 1: field 'default_model': .*gpt-7.*smollm2-135m"):
+        load_settings(path)
+
+
+def test_home_expands_the_tilde(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("ENCLAVE_HOME", "~/enclave-state")
+    assert load_settings().home == tmp_path / "enclave-state"
+
+
+def test_database_password_must_be_a_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    literal = write(tmp_path, "database_url: postgresql://enclave:hunter2@db/enclave\n")
+    with pytest.raises(ConfigError, match="contains a password") as info:
+        load_settings(literal)
+    assert "hunter2" not in str(info.value)
+    monkeypatch.setenv("DB_URL", "postgresql://enclave:hunter2@db/enclave")
+    settings = load_settings(write(tmp_path, "database_url: env:DB_URL\n"))
+    assert settings.resolved_database_url.endswith("@db/enclave")
+    assert "hunter2" not in settings.model_dump_json()

@@ -54,13 +54,9 @@ class KeyInfo:
     def status(self) -> str:
         if self.revoked_at is not None:
             return "revoked"
-        if self.expires_at is not None and _aware(self.expires_at) <= datetime.now(UTC):
+        if self.expires_at is not None and self.expires_at <= datetime.now(UTC):
             return "expired"
         return "active"
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class KeyService:
@@ -114,12 +110,15 @@ class KeyService:
             )
             return found is not None
 
-    def exists(self, secret: str) -> bool:
+    def find(self, secret: str) -> KeyInfo | None:
+        """The stored key matching a secret, whatever its status, or None."""
         with self._sessions() as session:
-            found = session.scalar(
-                select(ApiKeyRow.id).where(ApiKeyRow.key_hash == hash_key(secret))
-            )
-            return found is not None
+            found = session.execute(
+                select(ApiKeyRow, WorkspaceRow.name)
+                .join(WorkspaceRow, WorkspaceRow.id == ApiKeyRow.workspace_id)
+                .where(ApiKeyRow.key_hash == hash_key(secret))
+            ).first()
+            return None if found is None else self._info(found[0], found[1])
 
     def authenticate(self, secret: str) -> Principal:
         """Return the principal for a presented key, or raise ``AuthenticationFailed``."""
@@ -141,7 +140,7 @@ class KeyService:
             cached = (now + CACHE_SECONDS, principal, row.expires_at)
             self._cache[digest] = cached
         _, principal, expires_at = cached
-        if expires_at is not None and _aware(expires_at) <= datetime.now(UTC):
+        if expires_at is not None and expires_at <= datetime.now(UTC):
             raise AuthenticationFailed("This API key has expired.", code="expired_api_key")
         return principal
 

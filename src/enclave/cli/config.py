@@ -6,15 +6,23 @@ import typer
 import yaml
 
 from enclave.cli.common import ConfigOption, settings_or_exit
+from enclave.providers.registry import check_model_files
 
 app = typer.Typer(help="Check and show the configuration.", no_args_is_help=True)
 
 
 @app.command()
 def check(config: ConfigOption = None) -> None:
-    """Validate enclave.yaml and the ENCLAVE_* environment; exit 2 naming field and line if bad."""
+    """Validate enclave.yaml, the ENCLAVE_* environment and the model files; exit 2 if bad."""
     settings = settings_or_exit(config)
-    typer.echo(f"Configuration is valid ({len(settings.providers)} providers).")
+    problems = check_model_files(settings)
+    if problems:
+        typer.secho("error: " + "\n  ".join(["model files:", *problems]), fg="red", err=True)
+        raise typer.Exit(2)
+    models = sum(len(provider.models) for provider in settings.providers)
+    typer.echo(
+        f"Configuration is valid ({len(settings.providers)} providers, {models} models found)."
+    )
 
 
 @app.command()

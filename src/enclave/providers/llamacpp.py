@@ -148,7 +148,11 @@ class LocalModel:
         self.config = config
         self.runner = runner
         self.path = resolve_model_path(config.path)
-        cores = os.cpu_count() or 1
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
         self.threads = runner.threads or max(1, cores // runner.slots)
         self.queue: FairQueue[_Job] = FairQueue(runner.queue_size, consumers=runner.slots)
         self._slots: list[Llama] = []

@@ -12,8 +12,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from enclave.errors import ModelNotFound
+from enclave.errors import ConfigError, ModelNotFound
 from enclave.providers.base import ModelCard, Provider
+from enclave.providers.builtin import resolve_model_path
 from enclave.settings import ProviderConfig, Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,18 @@ PROVIDER_TYPES: dict[str, Callable[[ProviderConfig, Settings], Provider]] = {
     "llamacpp": _llamacpp,
     "sentence-transformers": _sentence_transformers,
 }
+
+
+def check_model_files(settings: Settings) -> list[str]:
+    """Problems with the configured model files, one line each, without loading any."""
+    problems = []
+    for provider in settings.providers:
+        for model in provider.models:
+            try:
+                resolve_model_path(model.path)
+            except ConfigError as exc:
+                problems.append(f"providers.{provider.name}.models.{model.name}: {exc}")
+    return problems
 
 
 class ModelRegistry:

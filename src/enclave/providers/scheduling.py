@@ -38,7 +38,7 @@ class FairQueue(Generic[T]):
         if self._size >= self.max_size:
             wait = self._service_seconds * (self._size / self._consumers + 1)
             raise QueueFull(
-                f"The model queue is full ({self._size} requests waiting). Retry later.",
+                f"The model queue is full ({self._size} waiting, the limit). Retry later.",
                 retry_after=wait,
             )
         self._tenants.setdefault(tenant, deque()).append(item)

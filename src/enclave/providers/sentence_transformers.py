@@ -53,7 +53,7 @@ class SentenceTransformersProvider(Provider):
         cards = []
         for name, config in self._configs.items():
             model = self._loaded.get(name)
-            dimensions = model.get_sentence_embedding_dimension() if model is not None else None
+            dimensions = model.get_embedding_dimension() if model is not None else None
             cards.append(
                 ModelCard(
                     id=name,

@@ -15,7 +15,6 @@ from enclave.api.openai.protocol import (
     EmbeddingRequest,
 )
 from enclave.auth.principals import Principal
-from enclave.errors import InvalidRequest
 from enclave.providers.base import ModelCard
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_principal)])
@@ -81,12 +80,6 @@ async def completions(
 async def embeddings(
     body: EmbeddingRequest, request: Request, svc: Services = Depends(services)
 ) -> dict[str, Any]:
-    card, result = await svc.inference.embed(body.model, body.inputs())
+    card, result = await svc.inference.embed(body.model, body.inputs(), dimensions=body.dimensions)
     request.state.model = card.id
-    dimensions = card.capabilities.embedding_dimensions
-    if body.dimensions is not None and body.dimensions != dimensions:
-        raise InvalidRequest(
-            f"The model '{card.id}' produces {dimensions} dimensions and cannot change that.",
-            param="dimensions",
-        )
     return responses.embeddings_body(card.id, result, body.encoding_format)

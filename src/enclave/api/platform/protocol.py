@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from enclave.auth.keys import KeyInfo
 from enclave.settings import NAME_PATTERN
@@ -16,7 +16,16 @@ class KeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     workspace: str = Field("default", pattern=NAME_PATTERN)
     admin: bool = False
-    expires_at: datetime | None = None
+    expires_at: datetime | None = Field(
+        None, description="ISO 8601; a time without a zone is taken as UTC."
+    )
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class KeyOut(BaseModel):
