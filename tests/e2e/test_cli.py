@@ -41,6 +41,19 @@ def test_config_errors_name_the_field_and_line(server: Server, tmp_path: Path) -
     assert f"{config}, line 3: field 'runner.slots'" in result.stderr
 
 
+def test_config_check_finds_the_model_files(server: Server, tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        "default_model: m\n"
+        "providers:\n"
+        "  - {name: lab, type: llamacpp, models: [{name: m, path: /nowhere/m.gguf}]}\n"
+    )
+    result = server.cli("config", "check", "--config", str(config))
+    assert result.returncode == 2
+    assert "providers.lab.models.m: model file not found: /nowhere/m.gguf" in result.stderr
+    assert server.cli("config", "check").returncode == 0
+
+
 def test_keys_lifecycle_against_a_running_server(server: Server) -> None:
     created = server.cli("keys", "create", "analyst", "--workspace", "research")
     assert created.returncode == 0, created.stderr

@@ -51,6 +51,7 @@ def test_a_missing_model_file_is_a_config_error(tmp_path: Path) -> None:
     config.write_text(
         "providers:\n"
         "  - {name: lab, type: llamacpp, models: [{name: m, path: /nowhere/model.gguf}]}\n"
+        "default_model: m\n"
     )
     with pytest.raises(ConfigError, match=r"model file not found: /nowhere/model\.gguf"):
         create_app(load_settings(config, home=tmp_path / "home"))

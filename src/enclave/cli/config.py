@@ -13,7 +13,7 @@ app = typer.Typer(help="Check and show the configuration.", no_args_is_help=True
 
 @app.command()
 def check(config: ConfigOption = None) -> None:
-    """Validate enclave.yaml, the ENCLAVE_* environment and the model files; exit 2 if bad."""
+    """Validate enclave.yaml, ENCLAVE_* and the model files; exit 2 naming field and line if bad."""
     settings = settings_or_exit(config)
     problems = check_model_files(settings)
     if problems:
