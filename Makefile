@@ -40,6 +40,7 @@ format: install
 
 bench: install
 	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

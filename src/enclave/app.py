@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
@@ -23,6 +24,13 @@ from enclave.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from enclave.api.openai import routes as openai_routes
 from enclave.api.platform import routes as platform_routes
 from enclave.auth.keys import KeyService
+from enclave.gateway.audit import AuditLog, audit_head_path
+from enclave.gateway.classification import Classifier, Levels
+from enclave.gateway.detectors import DetectorSet
+from enclave.gateway.limits import Limiter, limiter_from_url
+from enclave.gateway.routing import RoutingTable
+from enclave.gateway.service import Gateway
+from enclave.gateway.usage import UsageLedger
 from enclave.inference import InferenceService
 from enclave.metrics import Metrics
 from enclave.providers.registry import ModelRegistry
@@ -59,6 +67,31 @@ def bootstrap_admin_key(keys: KeyService, settings: Settings) -> str | None:
     return secret
 
 
+def build_classifier(settings: Settings) -> Classifier:
+    """Detectors switched on in ``detectors:``, each mapped to its class."""
+    enabled = {name: level for name, level in settings.detectors.items() if level is not None}
+    return Classifier(Levels(settings.classifications), DetectorSet(enabled), enabled)
+
+
+async def seed_budgets(limiter: Limiter, usage: UsageLedger, settings: Settings) -> None:
+    """Load tokens already spent this period, so a restart does not reset budgets."""
+    now = datetime.now(UTC)
+    starts = {
+        "day": now.replace(hour=0, minute=0, second=0, microsecond=0),
+        "month": now.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
+    }
+    rules = [("key", settings.key_limits)] + [
+        ("workspace", workspace.limits) for workspace in settings.workspaces
+    ]
+    for period, since in starts.items():
+        kinds = {kind for kind, rule in rules if rule.token_budget and rule.budget_period == period}
+        if not kinds:
+            continue
+        for (kind, subject), tokens in usage.tokens_since(since).items():
+            if kind in kinds:
+                await limiter.seed_budget(kind, subject, tokens)
+
+
 def announce_admin_key(secret: str) -> None:
     # Printed to the terminal once, deliberately not logged.
     print(
@@ -85,21 +118,48 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
         new_secret = bootstrap_admin_key(keys, settings)
         if new_secret:
             announce_admin_key(new_secret)
+        for workspace in settings.workspaces:
+            keys.ensure_workspace(workspace.name)
         app.state.engine = engine
+        await model_registry.start()
+        inference = InferenceService(model_registry, metrics)
+        usage = UsageLedger(sessions)
+        audit = AuditLog(sessions, head_file=audit_head_path(settings))
+        limiter = limiter_from_url(
+            resolve_secret(settings.limiter_url) if settings.limiter_url else None
+        )
+        await seed_budgets(limiter, usage, settings)
+        usage.start()
+        audit.start()
+        gateway = Gateway(
+            settings=settings,
+            routing=RoutingTable.build(
+                settings, model_registry.providers, model_registry.default_model
+            ),
+            classifier=build_classifier(settings),
+            limiter=limiter,
+            usage=usage,
+            audit=audit,
+            inference=inference,
+            metrics=metrics,
+        )
         app.state.services = Services(
             settings=settings,
             keys=keys,
             registry=model_registry,
-            inference=InferenceService(model_registry, metrics),
+            inference=inference,
+            gateway=gateway,
             metrics=metrics,
             metrics_token=metrics_token,
         )
-        await model_registry.start()
         log.info("models ready: %s", ", ".join(card.id for card in model_registry.cards()))
         try:
             yield
         finally:
             await model_registry.close()
+            await limiter.close()
+            usage.close()
+            audit.close()
             engine.dispose()
 
     app = FastAPI(
@@ -114,8 +174,10 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(openai_routes.router)
+    app.router.routes.extend(openai_routes.routes)
     app.include_router(platform_routes.router)
     app.include_router(platform_routes.admin)
+    app.add_middleware(openai_routes.GatewayFastPath, fastapi_app=app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app

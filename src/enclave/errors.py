@@ -8,12 +8,14 @@ OpenAI shape and on ``/api`` in the platform shape without a lookup table::
     ├── InvalidRequest                400  invalid_request_error
     ├── AuthenticationFailed          401  authentication_error
     ├── PermissionDenied              403  permission_error
+    │   └── PolicyDenied              403  policy_error / no_eligible_provider
     ├── NotFound                      404  not_found_error
     │   └── ModelNotFound             404  not_found_error / model_not_found
     ├── PayloadTooLarge               413  invalid_request_error
     ├── RateLimited                   429  rate_limit_error  (+ Retry-After)
     │   └── QueueFull                 429  rate_limit_error / queue_full
     ├── ProviderError                 502  provider_error
+    │   └── UpstreamUnavailable       502  provider_error / upstream_unavailable
     └── ServiceUnavailable            503  server_error
     ConfigError                       (start-up only, never reaches HTTP)
 
@@ -63,6 +65,13 @@ class PermissionDenied(EnclaveError):
     default_code = "permission_denied"
 
 
+class PolicyDenied(PermissionDenied):
+    """No provider cleared for the request's classification can take it (fail closed)."""
+
+    error_type = "policy_error"
+    default_code = "no_eligible_provider"
+
+
 class NotFound(EnclaveError):
     status_code = 404
     error_type = "not_found_error"
@@ -104,6 +113,12 @@ class ProviderError(EnclaveError):
     status_code = 502
     error_type = "provider_error"
     default_code = "provider_error"
+
+
+class UpstreamUnavailable(ProviderError):
+    """An upstream could not take the request; another eligible provider may."""
+
+    default_code = "upstream_unavailable"
 
 
 class ServiceUnavailable(EnclaveError):

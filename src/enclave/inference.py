@@ -3,7 +3,8 @@
 It resolves the model, checks it can do what is asked, admits the request to
 its provider, and wraps the resulting stream so that time to first token and
 token counts reach the metrics whether the client reads to the end or leaves.
-The gateway (routing by classification, quotas, audit) wraps this layer next.
+The gateway (:mod:`enclave.gateway.service`) routes by classification and
+passes the chosen local provider in as ``target``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from enclave.providers.base import (
     GenerationRequest,
     GenerationStream,
     ModelCard,
+    Provider,
+    Usage,
 )
 from enclave.providers.registry import ModelRegistry
 
@@ -36,6 +39,7 @@ class Generation:
         self.card = card
         self._metrics = metrics
         self._admitted = admitted
+        self.usage: Usage | None = None  # set when the generation finishes
 
     def __aiter__(self) -> AsyncIterator[GenerationEvent]:
         return self._events()
@@ -50,6 +54,7 @@ class Generation:
                         time.monotonic() - self._admitted
                     )
                 if isinstance(event, Finished):
+                    self.usage = event.usage
                     self._metrics.tokens.labels(self.card.id, "in").inc(event.usage.prompt_tokens)
                     self._metrics.tokens.labels(self.card.id, "out").inc(
                         event.usage.completion_tokens
@@ -73,9 +78,15 @@ class InferenceService:
     def get_model(self, model: str) -> ModelCard:
         return self.registry.resolve(model)[1]
 
-    async def generate(self, request: GenerationRequest) -> Generation:
-        """Admit a chat (``messages``) or text (``prompt``) generation."""
-        provider, card = self.registry.resolve(request.model)
+    async def generate(
+        self, request: GenerationRequest, *, target: tuple[Provider, ModelCard] | None = None
+    ) -> Generation:
+        """Admit a chat (``messages``) or text (``prompt``) generation.
+
+        ``target`` is the provider and model the gateway routed to; without it
+        the model is looked up by name.
+        """
+        provider, card = target or self.registry.resolve(request.model)
         wants_chat = request.prompt is None
         if wants_chat and not card.capabilities.chat:
             raise InvalidRequest(f"The model '{card.id}' is not a chat model.", param="model")
@@ -88,10 +99,15 @@ class InferenceService:
         return Generation(stream, card, self.metrics, admitted)
 
     async def embed(
-        self, model: str, inputs: Sequence[str], *, dimensions: int | None = None
+        self,
+        model: str,
+        inputs: Sequence[str],
+        *,
+        dimensions: int | None = None,
+        target: tuple[Provider, ModelCard] | None = None,
     ) -> tuple[ModelCard, EmbeddingResult]:
         """Embed ``inputs``; ``dimensions``, if given, must be the model's own."""
-        provider, card = self.registry.resolve(model)
+        provider, card = target or self.registry.resolve(model)
         if not card.capabilities.embeddings:
             raise InvalidRequest(
                 f"The model '{card.id}' does not produce embeddings.", param="model"

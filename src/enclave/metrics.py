@@ -47,3 +47,15 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.gateway_requests = Counter(
+            "enclave_gateway_requests",
+            "Token-spending requests by chosen provider ('none' if refused) and outcome.",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.detector_findings = Counter(
+            "enclave_detector_findings",
+            "Requests in which a detector found something, by detector type.",
+            ["type"],
+            registry=self.registry,
+        )

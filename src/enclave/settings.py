@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -27,8 +28,8 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
-    ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -64,26 +65,140 @@ def resolve_secret(reference: str) -> str:
     raise ConfigError(f"secret reference '{reference}' must start with env: or file:")
 
 
+class FieldProblem(ValueError):
+    """A cross-field error that knows which field it is about (for the line number)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def _unknown_class(value: str, classes: list[str]) -> str:
+    return f"'{value}' is not one of the classifications ({', '.join(classes)})"
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+DEFAULT_CLASSIFICATIONS = ["public", "internal", "confidential", "secret"]
+LOCAL_PROVIDER_TYPES = ("llamacpp", "sentence-transformers")
+DEFAULT_DETECTORS: dict[str, str | None] = {
+    "api_key": "secret",
+    "private_key": "secret",
+    "email": "internal",
+    "phone": "internal",
+    "iban": "confidential",
+    "payment_card": "confidential",
+    "national_id": "confidential",
+}
+
+
 class ModelConfig(StrictModel):
-    """One model served by a provider."""
+    """One model served by a provider. For an upstream a bare string is enough."""
 
     name: str = Field(pattern=NAME_PATTERN, description="Model id clients use.")
-    path: str = Field(
-        description="'builtin:smollm2', 'builtin:all-minilm-l6-v2', or a local file or folder."
+    path: str | None = Field(
+        None,
+        description=(
+            "Local providers: 'builtin:smollm2', 'builtin:all-minilm-l6-v2', "
+            "or a local file or folder."
+        ),
+    )
+    upstream_name: str | None = Field(
+        None, description="Upstream providers: the model id sent upstream; default: name."
     )
     n_ctx: int = Field(4096, ge=256, le=131072, description="Context window in tokens.")
+    embeddings: bool = Field(
+        False, description="Upstream providers: the model serves /v1/embeddings, not chat."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: object) -> object:
+        return {"name": value} if isinstance(value, str) else value
 
 
 class ProviderConfig(StrictModel):
-    """A source of models. Foundation ships the two embedded engines."""
+    """A source of models: an embedded engine or an OpenAI-compatible upstream."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    type: Literal["llamacpp", "sentence-transformers"]
+    type: Literal["llamacpp", "sentence-transformers", "openai"]
+    location: str | None = Field(
+        None,
+        max_length=64,
+        description="Where the data goes, for people and the audit log; default: on-prem.",
+    )
+    clearance: str | None = Field(
+        None,
+        description=(
+            "Highest classification this provider may receive. Default: the highest class "
+            "for embedded engines, the lowest for upstreams."
+        ),
+    )
+    base_url: str | None = Field(
+        None, description="Upstreams: the OpenAI-compatible base URL, ending in /v1."
+    )
+    api_key: SecretReference | None = Field(
+        None, description="Upstreams: env:/file: reference to the bearer key, if it needs one."
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, le=300, description="Upstreams: connect timeout.")
+    timeout_s: float = Field(
+        600.0, gt=0, le=3600, description="Upstreams: longest wait for any byte of a response."
+    )
+    max_concurrency: int = Field(
+        256, ge=1, le=100_000, description="Upstreams: requests in flight before it counts as busy."
+    )
     models: list[ModelConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _fields_fit_the_type(self) -> ProviderConfig:
+        if self.type in LOCAL_PROVIDER_TYPES:
+            for field in ("base_url", "api_key"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"'{field}' is only for type 'openai' providers")
+            missing = [model.name for model in self.models if model.path is None]
+            if missing:
+                raise ValueError(f"models of a '{self.type}' provider need a path: {missing}")
+        else:
+            if not self.base_url or not self.base_url.startswith(("http://", "https://")):
+                raise ValueError("an 'openai' provider needs base_url: http(s)://host/v1")
+            if any(model.path for model in self.models):
+                raise ValueError("models of an 'openai' provider take no path")
+            if self.api_key is not None:
+                _check_secret_reference(self.api_key)
+                try:
+                    resolve_secret(self.api_key)
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        return self.type in LOCAL_PROVIDER_TYPES
+
+
+class LimitsConfig(StrictModel):
+    """Limits for one key or workspace. Unset means unlimited."""
+
+    requests_per_minute: int | None = Field(None, ge=1, description="Requests in any 60 s.")
+    tokens_per_minute: int | None = Field(None, ge=1, description="Tokens in any 60 s.")
+    token_budget: int | None = Field(None, ge=1, description="Tokens per budget_period.")
+    budget_period: Literal["day", "month"] = Field(
+        "month", description="UTC calendar period of token_budget."
+    )
+
+
+class WorkspaceConfig(StrictModel):
+    """Policy for one workspace. Workspaces named here are created at start-up."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    classification: str | None = Field(
+        None, description="Floor class of every request; default: the lowest class."
+    )
+    log_content: bool = Field(False, description="Keep prompt and response text in the audit log.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
 
 class RunnerConfig(StrictModel):
@@ -153,7 +268,29 @@ class Settings(BaseSettings):
         None, description="Reference (env:/file:) to a token that may read /metrics."
     )
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    classifications: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_CLASSIFICATIONS),
+        min_length=1,
+        description="Data classes, lowest first.",
+    )
+    detectors: dict[str, str | None] = Field(
+        default_factory=lambda: dict(DEFAULT_DETECTORS),
+        description="Detector name -> the class its findings raise a request to; null: off.",
+    )
+    workspaces: list[WorkspaceConfig] = Field(default_factory=list)
+    key_limits: LimitsConfig = Field(
+        default_factory=LimitsConfig, description="Limits every API key gets."
+    )
+    limiter_url: SecretReference | None = Field(
+        None,
+        description="Shared limiter store for several replicas (env:/file: reference to a "
+        "redis:// URL); default: in-process.",
+    )
     providers: list[ProviderConfig] = Field(default_factory=default_providers)
+    aliases: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Alias -> 'provider/model' targets in preference order.",
+    )
     # After providers, so that its validator can see them.
     default_model: str = Field(
         "smollm2-135m", description="Model used when a request names the model 'default'."
@@ -203,17 +340,69 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("default_model")
-    @classmethod
-    def _default_model_exists(cls, value: str, info: ValidationInfo) -> str:
-        providers = info.data.get("providers")
-        if providers is None:  # providers failed validation; that error is reported
-            return value
-        names = {model.name for provider in providers for model in provider.models}
-        if value not in names:
-            known = ", ".join(sorted(names)) or "none"
-            raise ValueError(f"'{value}' is not a configured model (known: {known})")
-        return value
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Settings:
+        """Cross-field checks: classes exist, aliases and the default model point somewhere."""
+        classes = self.classifications
+        if len(set(classes)) != len(classes):
+            raise FieldProblem(("classifications",), "a class is listed twice")
+        for index, provider in enumerate(self.providers):
+            if provider.clearance is None:
+                provider.clearance = classes[-1] if provider.is_local else classes[0]
+            elif provider.clearance not in classes:
+                raise FieldProblem(
+                    ("providers", index, "clearance"), _unknown_class(provider.clearance, classes)
+                )
+            if provider.location is None:
+                provider.location = (
+                    "on-prem" if provider.is_local else urlsplit(provider.base_url or "").hostname
+                )
+        for index, workspace in enumerate(self.workspaces):
+            if workspace.classification is None:
+                workspace.classification = classes[0]
+            elif workspace.classification not in classes:
+                raise FieldProblem(
+                    ("workspaces", index, "classification"),
+                    _unknown_class(workspace.classification, classes),
+                )
+        names = [workspace.name for workspace in self.workspaces]
+        if len(set(names)) != len(names):
+            raise FieldProblem(("workspaces",), "a workspace is listed twice")
+        for detector, level in self.detectors.items():
+            if level is not None and level not in classes:
+                raise FieldProblem(("detectors", detector), _unknown_class(level, classes))
+        qualified = {
+            f"{provider.name}/{model.name}"
+            for provider in self.providers
+            for model in provider.models
+        }
+        bare = {model.name for provider in self.providers for model in provider.models}
+        for alias, targets in self.aliases.items():
+            if alias in bare or alias in qualified:
+                raise FieldProblem(("aliases", alias), "an alias cannot reuse a model name")
+            if not targets:
+                raise FieldProblem(("aliases", alias), "an alias needs at least one target")
+            for target in targets:
+                if target not in qualified:
+                    raise FieldProblem(
+                        ("aliases", alias),
+                        f"'{target}' is not a configured provider/model "
+                        f"(known: {', '.join(sorted(qualified))})",
+                    )
+        if self.default_model not in bare | qualified | set(self.aliases):
+            known = ", ".join(sorted(bare | set(self.aliases))) or "none"
+            raise FieldProblem(
+                ("default_model",),
+                f"'{self.default_model}' is not a configured model or alias (known: {known})",
+            )
+        return self
+
+    def workspace_policy(self, name: str) -> WorkspaceConfig:
+        """The configured policy of a workspace, or the defaults for an unlisted one."""
+        for workspace in self.workspaces:
+            if workspace.name == name:
+                return workspace
+        return WorkspaceConfig(name=name, classification=self.classifications[0])
 
     @field_validator("providers")
     @classmethod
@@ -225,9 +414,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"provider name '{provider.name}' is used twice")
             seen_providers.add(provider.name)
             for model in provider.models:
-                if model.name in seen_models:
-                    raise ValueError(f"model name '{model.name}' is used twice")
-                seen_models.add(model.name)
+                qualified = f"{provider.name}/{model.name}"
+                if qualified in seen_models:
+                    raise ValueError(f"model '{qualified}' is listed twice")
+                seen_models.add(qualified)
         return providers
 
     @property
@@ -263,7 +453,7 @@ def _url_password(url: str) -> str | None:
 
 
 # Variables with the ENCLAVE_ prefix that are not settings fields.
-OTHER_ENVIRONMENT = {"ENCLAVE_CONFIG"}
+OTHER_ENVIRONMENT = {"ENCLAVE_CONFIG", "ENCLAVE_URL", "ENCLAVE_API_KEY"}
 
 
 def _unknown_environment() -> list[str]:
@@ -312,6 +502,9 @@ def _compose_with_lines(text: str, source: str) -> tuple[dict[str, Any], dict[tu
 
 def _describe(error: Any, lines: dict[tuple, int], source: str) -> str:
     loc = tuple(error["loc"])
+    problem = (error.get("ctx") or {}).get("error")
+    if isinstance(problem, FieldProblem):
+        loc, error = (*loc, *problem.loc), {**error, "msg": problem.message}
     field = ".".join(str(part) for part in loc) or "(top level)"
     # The environment wins over the file, so a variable that sets the field is to blame.
     env_names = [

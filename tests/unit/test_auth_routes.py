@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from starlette.routing import Route
 
 from enclave.api.health import PUBLIC_PATHS
 from enclave.app import create_app
@@ -25,11 +26,14 @@ def concrete(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "1", path)
 
 
-def api_routes(routes: list[Any]) -> list[APIRoute]:
-    """Flatten the route table, including routers mounted with include_router."""
-    found: list[APIRoute] = []
+def api_routes(routes: list[Any]) -> list[Route]:
+    """Flatten the route table, including routers mounted with include_router.
+
+    Plain Starlette routes (the gateway's hot-path endpoints) count too.
+    """
+    found: list[Route] = []
     for route in routes:
-        if isinstance(route, APIRoute):
+        if isinstance(route, (APIRoute, Route)):
             found.append(route)
         elif hasattr(route, "original_router"):  # FastAPI >= 0.16x wraps included routers
             found.extend(api_routes(route.original_router.routes))
@@ -43,7 +47,7 @@ def routes(scripted: ScriptedApp) -> list[tuple[str, str]]:
     return [
         (method, concrete(route.path))
         for route in api_routes(app.routes)  # type: ignore[attr-defined]
-        for method in sorted(route.methods - {"HEAD"})
+        for method in sorted((route.methods or set()) - {"HEAD"})
     ]
 
 

@@ -77,11 +77,14 @@ def test_secrets_must_be_references(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_duplicate_model_names_are_refused(tmp_path: Path) -> None:
     path = write(
         tmp_path,
+        "default_model: m\n"
         "providers:\n"
         "  - {name: a, type: llamacpp, models: [{name: m, path: builtin:smollm2}]}\n"
-        "  - {name: b, type: llamacpp, models: [{name: m, path: builtin:smollm2}]}\n",
+        "  - name: b\n"
+        "    type: llamacpp\n"
+        "    models: [{name: m, path: builtin:smollm2}, {name: m, path: builtin:smollm2}]\n",
     )
-    with pytest.raises(ConfigError, match="'m' is used twice"):
+    with pytest.raises(ConfigError, match="'b/m' is listed twice"):
         load_settings(path)
 
 

@@ -8,13 +8,15 @@ prove no route except the health checks answers without a key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from fastapi import Depends, Request
 
 from enclave.auth.keys import KeyService
 from enclave.auth.principals import Principal
 from enclave.errors import AuthenticationFailed, PermissionDenied
+from enclave.gateway.service import Gateway
 from enclave.inference import InferenceService
 from enclave.metrics import Metrics
 from enclave.providers.registry import ModelRegistry
@@ -29,8 +31,10 @@ class Services:
     keys: KeyService
     registry: ModelRegistry
     inference: InferenceService
+    gateway: Gateway
     metrics: Metrics
     metrics_token: str | None = None
+    started: int = field(default_factory=lambda: int(time.time()))
 
 
 def services(request: Request) -> Services:

@@ -83,6 +83,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        scope.setdefault("state", {})["received"] = started  # the gateway's overhead clock
         status = 500
 
         async def recording_send(message: Message) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from enclave import __version__
-from enclave.cli import config, keys, serve
+from enclave.cli import audit, config, keys, providers, serve, usage
 
 app = typer.Typer(
     name="enclave",
@@ -20,6 +20,9 @@ app = typer.Typer(
 app.command("serve")(serve.serve)
 app.add_typer(keys.app, name="keys")
 app.add_typer(config.app, name="config")
+app.add_typer(providers.app, name="providers")
+app.add_typer(audit.app, name="audit")
+app.add_typer(usage.app, name="usage")
 
 
 @app.command()

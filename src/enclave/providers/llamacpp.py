@@ -147,6 +147,7 @@ class LocalModel:
         self.provider = provider
         self.config = config
         self.runner = runner
+        assert config.path is not None, "settings require a path for local models"
         self.path = resolve_model_path(config.path)
         cores = (
             len(os.sched_getaffinity(0))

@@ -32,9 +32,16 @@ def _sentence_transformers(config: ProviderConfig, settings: Settings) -> Provid
     return SentenceTransformersProvider(config.name, config.models, settings.runner.queue_size)
 
 
+def _openai(config: ProviderConfig, settings: Settings) -> Provider:
+    from enclave.providers.openai_upstream import OpenAIUpstream
+
+    return OpenAIUpstream(config)
+
+
 PROVIDER_TYPES: dict[str, Callable[[ProviderConfig, Settings], Provider]] = {
     "llamacpp": _llamacpp,
     "sentence-transformers": _sentence_transformers,
+    "openai": _openai,
 }
 
 
@@ -43,6 +50,8 @@ def check_model_files(settings: Settings) -> list[str]:
     problems = []
     for provider in settings.providers:
         for model in provider.models:
+            if model.path is None:
+                continue
             try:
                 resolve_model_path(model.path)
             except ConfigError as exc:
@@ -77,7 +86,7 @@ class ModelRegistry:
         self._by_model.clear()
         for provider in self.providers:
             for card in provider.models():
-                self._by_model[card.id] = (provider, card)
+                self._by_model.setdefault(card.id, (provider, card))
                 self._by_model[f"{provider.name}/{card.id}"] = (provider, card)
 
     def cards(self) -> list[ModelCard]:

@@ -31,7 +31,7 @@ class SentenceTransformersProvider(Provider):
     def __init__(self, name: str, models: list[ModelConfig], queue_size: int) -> None:
         self.name = name
         self._configs = {config.name: config for config in models}
-        self._paths = {config.name: resolve_model_path(config.path) for config in models}
+        self._paths = {config.name: resolve_model_path(config.path or "") for config in models}
         self._loaded: dict[str, Any] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="embed")
         self._queue_size = queue_size

@@ -6,10 +6,21 @@ Every change to it goes through an Alembic migration in ``migrations/versions``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Dialect, ForeignKey, String, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -63,3 +74,46 @@ class ApiKeyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class AuditEntryRow(Base):
+    """One entry of the hash-chained audit log (``gateway/audit.py``); append only.
+
+    ``payload`` is the canonical JSON of the entry and is what the hash covers;
+    the other columns copy fields out of it for filtering and are checked
+    against it by ``verify_chain``.
+    """
+
+    __tablename__ = "audit_log"
+
+    # Assigned by the single writer, not by the database: the hash covers it.
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    workspace: Mapped[str] = mapped_column(String(64))
+    # No foreign key: entries outlive keys, and an audit write must never fail on one.
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class UsageRow(Base):
+    """Tokens spent by one request (``gateway/usage.py``); append only."""
+
+    __tablename__ = "usage"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # The UTC day of ``time``, stored so reports group portably (no SQL date functions).
+    day: Mapped[date] = mapped_column(Date, index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    workspace: Mapped[str] = mapped_column(String(64))
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(255))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    # Requests folded into this row: a batch stores one row per day, key and model.
+    requests: Mapped[int] = mapped_column(Integer, server_default="1")

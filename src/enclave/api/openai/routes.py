@@ -1,85 +1,151 @@
-"""``/v1``: the OpenAI-compatible API. Parse, call the inference service, serialise."""
+"""``/v1``: the OpenAI-compatible API.
+
+``GET /v1/models`` is an ordinary FastAPI route. The three token-spending
+endpoints are plain Starlette endpoints on purpose: they are the gateway's
+hot path, and FastAPI's per-request dependency and serialisation machinery
+would cost more CPU than the rest of the gateway together. Each one
+authenticates, parses the body with the same pydantic models, and hands a
+:class:`~enclave.gateway.service.Call` to the gateway.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from enclave.api.deps import Services, require_principal, services
-from enclave.api.openai import responses
+from enclave.api.deps import Services, bearer_token, require_principal, services
 from enclave.api.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
 )
-from enclave.auth.principals import Principal
-from enclave.providers.base import ModelCard
+from enclave.errors import InvalidRequest, ModelNotFound
+from enclave.gateway.classification import CLASSIFICATION_HEADER
+from enclave.gateway.service import SSE_HEADERS, Call, Wire
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_principal)])
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-
-def model_object(card: ModelCard) -> dict[str, Any]:
-    return {"id": card.id, "object": "model", "created": card.created, "owned_by": card.provider}
+def model_object(model_id: str, owner: str, created: int) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owner}
 
 
 @router.get("/models", summary="List models")
 async def list_models(svc: Services = Depends(services)) -> dict[str, Any]:
-    return {"object": "list", "data": [model_object(card) for card in svc.inference.list_models()]}
+    """Every model name once (served by one provider or several), then the aliases."""
+    routing = svc.gateway.routing
+    created = svc.started
+    return {
+        "object": "list",
+        "data": [model_object(name, owner, created) for name, owner in routing.model_ids()],
+    }
 
 
 @router.get("/models/{model_id:path}", summary="Describe a model")
 async def get_model(model_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
-    return model_object(svc.inference.get_model(model_id))
+    for name, owner in svc.gateway.routing.model_ids():
+        if name == model_id:
+            return model_object(name, owner, svc.started)
+    target = svc.gateway.routing.targets.get(model_id)
+    if target is not None:
+        return model_object(target.model, target.provider, svc.started)
+    raise ModelNotFound(model_id)
 
 
-@router.post("/chat/completions", summary="Chat completion", response_model=None)
-async def chat_completions(
-    body: ChatCompletionRequest,
-    request: Request,
-    principal: Principal = Depends(require_principal),
-    svc: Services = Depends(services),
-) -> dict[str, Any] | StreamingResponse:
-    generation = await svc.inference.generate(body.to_generation_request(principal.tenant))
-    request.state.model = generation.card.id
-    if body.stream:
-        events = responses.chat_completion_events(generation, include_usage=body.include_usage)
-        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-    return await responses.chat_completion_body(generation)
-
-
-@router.post("/completions", summary="Text completion", response_model=None)
-async def completions(
-    body: CompletionRequest,
-    request: Request,
-    principal: Principal = Depends(require_principal),
-    svc: Services = Depends(services),
-) -> dict[str, Any] | StreamingResponse:
-    prompts = body.prompts()
-    generations = []
+def _parse(raw: bytes, model: type[Wire]) -> tuple[dict[str, Any], Wire]:
     try:
-        for prompt in prompts:
-            request_ = body.to_generation_request(prompt, principal.tenant)
-            generations.append(await svc.inference.generate(request_))
-    except BaseException:
-        for generation in generations:
-            await generation.aclose()
-        raise
-    request.state.model = generations[0].card.id
-    echo = prompts if body.echo else []
-    if body.stream:
-        events = responses.completion_events(generations, echo, include_usage=body.include_usage)
-        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-    return await responses.completion_body(generations, echo)
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return body, model.model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        ) from None
 
 
-@router.post("/embeddings", summary="Embeddings")
-async def embeddings(
-    body: EmbeddingRequest, request: Request, svc: Services = Depends(services)
-) -> dict[str, Any]:
-    card, result = await svc.inference.embed(body.model, body.inputs(), dimensions=body.dimensions)
-    request.state.model = card.id
-    return responses.embeddings_body(card.id, result, body.encoding_format)
+def _endpoint(capability: str, model: type[Wire]) -> Any:
+    async def endpoint(request: Request) -> Response:
+        svc: Services = request.app.state.services
+        request.scope["route"] = ROUTES[request.scope["path"]]  # for the metrics' route label
+        principal = svc.keys.authenticate(bearer_token(request))
+        request.state.principal = principal
+        body, wire = _parse(await request.body(), model)
+        call = Call(
+            capability=capability,
+            principal=principal,
+            body=body,
+            wire=wire,
+            classification_header=request.headers.get(CLASSIFICATION_HEADER),
+            received=request.state.received,
+        )
+        answer = await svc.gateway.handle(call)
+        request.state.model = answer.headers["x-enclave-model"]
+        if answer.stream is not None:
+            return StreamingResponse(
+                answer.stream,
+                status_code=answer.status,
+                media_type=answer.media_type,
+                headers={**SSE_HEADERS, **answer.headers},
+            )
+        return Response(
+            answer.body, answer.status, headers=answer.headers, media_type=answer.media_type
+        )
+
+    endpoint.__name__ = f"{capability}_endpoint"
+    return endpoint
+
+
+routes = [
+    Route("/v1/chat/completions", _endpoint("chat", ChatCompletionRequest), methods=["POST"]),
+    Route("/v1/completions", _endpoint("completion", CompletionRequest), methods=["POST"]),
+    Route("/v1/embeddings", _endpoint("embeddings", EmbeddingRequest), methods=["POST"]),
+]
+ROUTES = {route.path: route for route in routes}
+
+
+class GatewayFastPath:
+    """ASGI middleware that serves the token-spending endpoints without FastAPI's stack.
+
+    It sits inside the body-limit and metrics middleware and hands a request
+    for one of :data:`routes` straight to its endpoint, skipping FastAPI's
+    exception, exit-stack and routing layers (about a third of the gateway's
+    CPU per request). Errors go through the app's own exception handlers, so
+    responses are exactly those of the routed path. Everything else passes on.
+    """
+
+    def __init__(self, app: ASGIApp, fastapi_app: Any) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.fastapi_app
+        request = Request(scope, receive)
+        try:
+            response = await route.endpoint(request)
+        except Exception as exc:
+            response = await self._handle_error(request, exc)
+        await response(scope, receive, send)
+
+    async def _handle_error(self, request: Request, exc: Exception) -> Response:
+        handlers = self.fastapi_app.exception_handlers
+        for kind in type(exc).__mro__:
+            handler = handlers.get(kind)
+            if handler is not None:
+                response: Response = await handler(request, exc)
+                return response
+        raise exc

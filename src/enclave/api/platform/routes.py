@@ -1,7 +1,9 @@
-"""``/api``: the platform API (who am I, API keys). Admin routes need an admin key."""
+"""``/api``: the platform API (me, providers, usage, API keys). Admin routes need an admin key."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import date
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -9,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from enclave.api.deps import Services, require_admin, require_principal, services
 from enclave.api.platform.protocol import KeyCreate, KeyCreated, KeyOut, Me
 from enclave.auth.principals import Principal
+from enclave.errors import PermissionDenied
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_principal)])
 admin = APIRouter(prefix="/api", dependencies=[Depends(require_admin)])
@@ -26,7 +29,41 @@ async def me(principal: Principal = Depends(require_principal)) -> Me:
 
 @router.get("/providers", summary="Providers with their health, models and load")
 async def providers(svc: Services = Depends(services)) -> list[dict[str, Any]]:
-    return await svc.inference.provider_status()
+    return await svc.gateway.provider_status()
+
+
+@router.get("/usage", summary="Token usage by day, workspace, key, provider and model")
+async def usage(
+    since: date | None = None,
+    until: date | None = None,
+    workspace: str | None = None,
+    key_id: int | None = None,
+    principal: Principal = Depends(require_principal),
+    svc: Services = Depends(services),
+) -> dict[str, Any]:
+    """Admins see every workspace; other keys see only their own workspace."""
+    if not principal.is_admin:
+        if workspace not in (None, principal.workspace):
+            raise PermissionDenied("A non-admin key can only read its own workspace's usage.")
+        workspace = principal.workspace
+    lines = await asyncio.to_thread(
+        svc.gateway.usage.report, since=since, until=until, workspace=workspace, key_id=key_id
+    )
+    data = [
+        {
+            "day": line.day.isoformat(),
+            "workspace": line.workspace,
+            "key_id": line.key_id,
+            "provider": line.provider,
+            "model": line.model,
+            "requests": line.requests,
+            "prompt_tokens": line.prompt_tokens,
+            "completion_tokens": line.completion_tokens,
+            "total_tokens": line.total_tokens,
+        }
+        for line in lines
+    ]
+    return {"object": "list", "data": data}
 
 
 @admin.get("/keys", summary="List API keys")

@@ -1,0 +1,1 @@
+"""The gateway: classification, routing, limits, usage and audit for every request."""

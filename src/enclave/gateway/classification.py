@@ -1,0 +1,114 @@
+"""The effective classification of a request, and the reasons for it.
+
+A request's class is the highest of:
+
+- the workspace floor (``workspaces[].classification``);
+- the ``X-Enclave-Classification`` header, which can raise the class but
+  never lower it;
+- the class of any knowledge used to answer it (:class:`KnowledgeSource`
+  hooks, which the knowledge service registers);
+- what the detectors find in the request's text, each detector mapped to a
+  class in ``detectors:``.
+
+Every contribution is kept as a reason (``"workspace floor: confidential"``,
+``"detector iban x2: confidential"``) for the 403 message and the audit log.
+Findings carry types and counts only, never the matched values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from enclave.errors import InvalidRequest
+from enclave.gateway.detectors import DetectorSet, Finding
+
+CLASSIFICATION_HEADER = "x-enclave-classification"
+
+
+class Levels:
+    """The configured classes, lowest first, with their ranks."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.rank = {name: index for index, name in enumerate(self.names)}
+
+    @property
+    def lowest(self) -> str:
+        return self.names[0]
+
+    def allows(self, clearance: str, level: str) -> bool:
+        """Whether a provider with ``clearance`` may receive data of class ``level``."""
+        return self.rank[clearance] >= self.rank[level]
+
+    def parse(self, value: str) -> str:
+        name = value.strip().lower()
+        if name not in self.rank:
+            raise InvalidRequest(
+                f"Unknown classification '{value}' in X-Enclave-Classification "
+                f"(known: {', '.join(self.names)}).",
+                code="invalid_classification",
+            )
+        return name
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The effective class of one request."""
+
+    level: str
+    reasons: tuple[str, ...]
+    findings: tuple[Finding, ...]
+
+
+# A knowledge hook returns (class, reason) for the knowledge a request uses, or None.
+KnowledgeSource = Callable[[str, Sequence[str]], "tuple[str, str] | None"]
+
+
+class Classifier:
+    """Computes :class:`Decision` for a request. One per app."""
+
+    def __init__(
+        self, levels: Levels, detectors: DetectorSet, detector_levels: dict[str, str]
+    ) -> None:
+        self.levels = levels
+        self.detectors = detectors
+        self.detector_levels = detector_levels
+        self.knowledge_sources: list[KnowledgeSource] = []
+
+    def add_knowledge_source(self, source: KnowledgeSource) -> None:
+        """Register a hook that reports the class of knowledge a request draws on."""
+        self.knowledge_sources.append(source)
+
+    def classify(
+        self,
+        *,
+        workspace: str,
+        floor: str,
+        header: str | None,
+        texts: Iterable[str],
+        knowledge: Sequence[str] = (),
+    ) -> Decision:
+        """Combine the floor, header, knowledge hooks and detector findings."""
+        levels = self.levels
+        level = floor
+        reasons = [f"workspace '{workspace}' floor: {floor}"]
+
+        def consider(candidate: str, reason: str) -> None:
+            nonlocal level
+            reasons.append(f"{reason}: {candidate}")
+            if levels.rank[candidate] > levels.rank[level]:
+                level = candidate
+
+        if header is not None:
+            consider(levels.parse(header), "header X-Enclave-Classification")
+        for source in self.knowledge_sources:
+            found = source(workspace, knowledge)
+            if found is not None:
+                consider(found[0], f"knowledge {found[1]}")
+        findings = tuple(self.detectors.scan(texts))
+        for finding in findings:
+            consider(
+                self.detector_levels[finding.type], f"detector {finding.type} x{finding.count}"
+            )
+        return Decision(level, tuple(reasons), findings)

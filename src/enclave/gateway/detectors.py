@@ -1,0 +1,961 @@
+"""Sensitive-data detectors: they count what a request carries and keep none of it.
+
+Every chat request's text (system, user, assistant and tool messages) is
+scanned on the request path, and each finding type maps to a data class in
+``detectors:``. Only a type and a count leave this module. Matched values are
+never stored, logged or returned.
+
+The design follows what each step costs:
+
+- **One encode, then cheap prefilters.** :class:`DetectorSet` joins a request's
+  texts with newlines and encodes them to UTF-8 once. Each detector first asks
+  a question that CPython answers in C at memory speed. Is there an ``@``
+  (email), a ``PRIVATE KEY`` (PEM), a run of 16 token characters
+  (``bytes.translate`` to a two-letter alphabet, then ``bytes.find``: API keys),
+  or nine digits with only separators between them (a translate that deletes
+  the separators, then ``bytes.find``: phone, card, IBAN, national id)?
+  Ordinary prose, and most dates, amounts and timestamps, answer no to all.
+- **Regexes only in small windows.** Where a prefilter says yes, the
+  detector's regex runs only in merged windows of a few dozen bytes around the
+  hits, or anchored at them (each ``@``, each token run), so the cost follows
+  the number of candidates, not the size of the request. Every regex uses
+  bounded or unambiguous quantifiers (a separator class never overlaps the
+  digit class), so a 1 MB adversarial input stays linear.
+- **Validate in Python.** A candidate must pass its format's checksum where
+  there is one: Luhn for cards and Swedish personnummer, ISO 7064 mod 97 for
+  IBANs, mod 11 for Norwegian fødselsnummer and the Dutch BSN, mod 31 for the
+  Finnish HETU. National ids also need a real calendar date, cards a network's
+  prefix and length, and IBANs their country's length.
+- **One finding per span.** The number detectors defer in the order IBAN,
+  payment card, national id, phone, so the digits of a valid IBAN are not also
+  counted as a phone number. Spans are cached on the scan, so deferring costs
+  nothing when the other detector is enabled too.
+
+False-positive choices worth knowing (each has a test):
+
+- ``api_key`` matches known token prefixes (OpenAI, Anthropic, GitHub, GitLab,
+  Slack, AWS, Google, Stripe live keys, Hugging Face, Enclave ``ek-``), JWTs,
+  ``Bearer``/``Basic`` credentials, passwords in URLs (``scheme://user:pw@``)
+  and ``api_key=``/``"secret": "..."`` assignments. Its generic rule (see
+  :func:`looks_random`) flags a token of 24 to 1024 characters of
+  ``[A-Za-z0-9+/_=-]`` only when it mixes upper case, lower case and digits
+  and has Shannon entropy of at least 0.8 * log2(length) bits per character.
+  It must also not be hex (git SHAs, UUIDs), not be made of words (CamelCase
+  class names such as ``Qwen2_5OmniPreTrainedModel``: letter chunks average
+  under 3 characters), not be base64 of printable text, and not be a path or
+  a model id, which are judged piece by piece. The thresholds were tuned on
+  ~350,000 long tokens from the Python sources and docs of this project's
+  dependencies (253 MB: 39 generic hits left, nearly all random ids such as
+  Google Docs ids in URLs). The rule keeps ~93% of random 24-character and
+  ~99% of random 64-character base62 tokens. All-lower-case and hex secrets
+  count only with a prefix or a keyword.
+- ``phone`` accepts ``+CC`` numbers with 8 to 15 digits, ``00CC`` numbers
+  written with separators, NANP numbers written with separators
+  (``(555) 123-4567``) and national numbers with a trunk ``0`` and 9 to 12
+  digits in groups of two or more (``070-123 45 67``, ``020 7946 0958``). An
+  unseparated national number must be a 10- or 11-digit ``07`` mobile. Dates,
+  amounts, IP addresses, versions and timestamps fail these shapes; a bare
+  ``+2147483647`` does not.
+- ``payment_card`` on an unseparated 13-19 digit run with a card prefix
+  passes Luhn one time in ten, so long numeric constants in code or data
+  sometimes count (16 in the 253 MB above).
+- ``national_id`` needs a checksum and a valid date for Swedish, Norwegian
+  and Finnish ids. Danish CPR (no checksum since 2007) and Dutch BSN (9 bare
+  digits) also need the word ``CPR``/``BSN`` just before them. A 12-digit
+  number that starts with a plausible year can still pass as a personnummer
+  (one in ~150 such numbers).
+- ``iban`` requires upper case, as IBANs are printed.
+"""
+
+from __future__ import annotations
+
+import binascii
+import bisect
+import calendar
+import datetime
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """How many values of one detector type a request contains."""
+
+    type: str
+    count: int
+
+
+class Detector(Protocol):
+    """Counts validated matches of one kind of sensitive value in a text."""
+
+    name: str
+
+    def find(self, text: str) -> int:
+        """Number of validated matches in ``text``."""
+        ...
+
+
+# --- checksums -----------------------------------------------------------------------------
+
+
+_LUHN_DOUBLED = str.maketrans("0123456789", "0246813579")  # 2d, minus 9 above 9
+
+
+def _luhn_remainder(digits: str) -> int:
+    reverse = digits[::-1]
+    return (
+        sum(map(int, reverse[::2])) + sum(map(int, reverse[1::2].translate(_LUHN_DOUBLED)))
+    ) % 10
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether a string of digits passes the Luhn (mod 10) check."""
+    return _luhn_remainder(digits) == 0
+
+
+def luhn_check_digit(payload: str) -> str:
+    """The digit that makes ``payload + digit`` Luhn-valid."""
+    return str((10 - _luhn_remainder(payload + "0")) % 10)
+
+
+# Lengths from the SWIFT IBAN registry: every SEPA country and the other registered ones.
+IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28,
+    "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23,
+    "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26,
+    "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20,
+    "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30,
+    "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22,
+    "RU": 33, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}  # fmt: skip
+
+
+_IBAN_LETTERS = {
+    ord(letter): str(value) for value, letter in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 10)
+}
+
+
+def _mod97(rearranged: str) -> int:
+    # Letters become two digits (A=10 ... Z=35); int() of the whole string is fast in CPython.
+    return int(rearranged.translate(_IBAN_LETTERS)) % 97
+
+
+def iban_check_digits(country: str, bban: str) -> str:
+    """The two check digits of the IBAN for ``country`` and ``bban`` (ISO 7064 MOD 97-10)."""
+    return f"{98 - _mod97(bban + country + '00'):02d}"
+
+
+def iban_valid(iban: str) -> bool:
+    """Whether ``iban`` (spaces allowed) has its country's length and a valid mod-97 check."""
+    compact = iban.replace(" ", "").upper()
+    if not compact.isascii() or not compact.isalnum() or not compact[:2].isalpha():
+        return False
+    if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact[2:4].isdigit():
+        return False
+    return _mod97(compact[4:] + compact[:4]) == 1
+
+
+def _mod11_digit(digits: str, weights: tuple[int, ...]) -> int | None:
+    check = 11 - sum(int(d) * w for d, w in zip(digits, weights, strict=True)) % 11
+    return None if check == 10 else check % 11
+
+
+def norwegian_id_valid(number: str) -> bool:
+    """Whether 11 digits are a Norwegian fødselsnummer or D-number (date, two mod-11 digits)."""
+    if len(number) != 11 or not number.isdigit():
+        return False
+    day, month = int(number[:2]), int(number[2:4])
+    if day > 40:  # D-number: day + 40
+        day -= 40
+    if not _date_ok(None, month, day, int(number[4:6])):
+        return False
+    first = _mod11_digit(number[:9], (3, 7, 6, 1, 8, 9, 4, 5, 2))
+    second = _mod11_digit(number[:10], (5, 4, 3, 2, 7, 6, 5, 4, 3, 2))
+    return first == int(number[9]) and second == int(number[10])
+
+
+_HETU_CHECK = "0123456789ABCDEFHJKLMNPRSTUVWXY"
+_HETU_CENTURY = (
+    {"+": 1800, "-": 1900, "A": 2000} | dict.fromkeys("UVWXY", 1900) | dict.fromkeys("BCDEF", 2000)
+)
+
+
+def finnish_id_valid(hetu: str) -> bool:
+    """Whether ``DDMMYYCZZZQ`` is a Finnish HETU: century sign, date, mod-31 check character."""
+    if len(hetu) != 11 or hetu[6] not in _HETU_CENTURY:
+        return False
+    date, serial = hetu[:6], hetu[7:10]
+    if not (date + serial).isdigit():
+        return False
+    year = _HETU_CENTURY[hetu[6]] + int(date[4:])
+    if not _date_ok(year, int(date[2:4]), int(date[:2])):
+        return False
+    return _HETU_CHECK[int(date + serial) % 31] == hetu[10]
+
+
+def bsn_valid(number: str) -> bool:
+    """The Dutch "11-proof": 9 digits weighted 9..2 and -1 sum to a multiple of 11."""
+    if len(number) != 9 or not number.isdigit() or number == "000000000":
+        return False
+    total = sum(int(d) * w for d, w in zip(number, (9, 8, 7, 6, 5, 4, 3, 2, -1), strict=True))
+    return total % 11 == 0
+
+
+_THIS_YEAR = datetime.date.today().year
+
+
+def _date_ok(year: int | None, month: int, day: int, short_year: int = 0) -> bool:
+    """A real calendar date. With ``year=None`` only ``short_year`` (YY) is known."""
+    if not 1 <= month <= 12 or day < 1:
+        return False
+    if year is None:  # 29 February needs a leap year; "00" may be 2000, which was one
+        year = 2000 if short_year % 4 == 0 else 2001
+    return day <= calendar.monthrange(year, month)[1]
+
+
+def swedish_id_valid(number: str) -> bool:
+    """Whether a personnummer or samordningsnummer (day + 60) is valid.
+
+    Accepts ``YYMMDD-NNNN``, ``YYMMDD+NNNN`` (100 or older), ``YYYYMMDDNNNN`` and
+    ``YYYYMMDD-NNNN``; the Luhn check runs over the 10-digit form.
+    """
+    separator = ""
+    if len(number) in (11, 13) and number[-5] in "-+":
+        separator, number = number[-5], number[:-5] + number[-4:]
+    if not number.isdigit() or len(number) not in (10, 12):
+        return False
+    if len(number) == 10 and not separator:
+        return False  # ten bare digits are too often something else
+    year: int | None = None
+    if len(number) == 12:
+        year = int(number[:4])
+        if not 1870 <= year <= _THIS_YEAR:  # "202607151234" is a timestamp, not a person
+            return False
+        number = number[2:]
+    day = int(number[4:6])
+    if day > 60:  # samordningsnummer
+        day -= 60
+    if not _date_ok(year, int(number[2:4]), day, int(number[:2])):
+        return False
+    return luhn_valid(number)
+
+
+# --- the shared scan -----------------------------------------------------------------------
+
+_DIGIT_BYTES = b"0123456789"
+_NOT_DIGITS = bytes(byte for byte in range(256) if byte not in _DIGIT_BYTES)
+# Separators inside numbers, plus the HETU century signs (131052A308T).
+_NUM_SEPARATORS = b" .()/-ABCDEFUVWXY"
+_NUM_MAP = bytes(
+    ord("0")
+    if byte in _DIGIT_BYTES or byte == ord("+")
+    else ord("s")
+    if byte in _NUM_SEPARATORS
+    else ord("x")
+    for byte in range(256)
+)
+_NUM_PREFILTER = b"0" * 9  # with the separators deleted
+# Nine digits (a "+" counts as one) with at most two separators between neighbours, the
+# least that any number detector needs, starting with two adjacent ones (every format we
+# look for has them; the window's margin takes in a lone leading digit). The literal
+# prefix lets sre skip ahead with a fast search instead of trying every digit.
+_NUM_RUN = re.compile(rb"00(?:s{0,2}0){7,}")
+_NUM_BEFORE, _NUM_AFTER = 28, 24  # room for "cpr-nr.: ", "GB82 WEST ", an IBAN's letters
+_TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_=-"
+_TOKEN_MAP = bytes(ord("x") if byte in _TOKEN_CHARS else ord(" ") for byte in range(256))
+_TOKEN_RUN_MIN = 16
+_TOKEN_RUN = b"x" * _TOKEN_RUN_MIN
+_MANY = 64
+
+
+def _merge(windows: Iterable[Span], size: int) -> list[Span]:
+    """Clamp and merge overlapping windows; ``windows`` must be sorted by start."""
+    merged: list[Span] = []
+    for start, end in windows:
+        start, end = max(start, 0), min(end, size)
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _occurrences(data: bytes, needle: bytes) -> Iterator[int]:
+    position = data.find(needle)
+    while position >= 0:
+        yield position
+        position = data.find(needle, position + 1)
+
+
+def _windows(data: bytes, needle: bytes, before: int, after: int) -> list[Span]:
+    """Merged windows around each ``needle``; the whole text once there are many."""
+    windows: list[Span] = []
+    for count, position in enumerate(_occurrences(data, needle)):
+        if count == _MANY:
+            return [(0, len(data))]
+        windows.append((position - before, position + after))
+    return _merge(windows, len(data))
+
+
+def _disjoint(spans: Iterable[Span]) -> list[Span]:
+    """The spans that do not overlap an earlier-starting kept span."""
+    kept: list[Span] = []
+    for start, end in sorted(spans):
+        if not kept or start >= kept[-1][1]:
+            kept.append((start, end))
+    return kept
+
+
+def _union(spans: Iterable[Span]) -> list[Span]:
+    """Sorted, disjoint intervals covering ``spans``, for :func:`_overlaps`."""
+    union: list[Span] = []
+    for start, end in sorted(spans):
+        if union and start < union[-1][1]:
+            union[-1] = (union[-1][0], max(end, union[-1][1]))
+        else:
+            union.append((start, end))
+    return union
+
+
+def _overlaps(span: Span, union: list[Span]) -> bool:
+    """Whether ``span`` overlaps an interval of ``union`` (from :func:`_union`): O(log n)."""
+    index = bisect.bisect_left(union, (span[1],)) - 1
+    return index >= 0 and union[index][1] > span[0]
+
+
+class _Scan:
+    """One text, encoded once, with candidate windows and validated spans computed lazily."""
+
+    __slots__ = ("_number_windows", "_token_runs", "data", "spans")
+
+    def __init__(self, text: str) -> None:
+        self.data = text.encode("utf-8", "surrogatepass")
+        self._number_windows: list[Span] | None = None
+        self._token_runs: list[Span] | None = None
+        self.spans: dict[str, list[Span]] = {}
+
+    def number_windows(self) -> list[Span]:
+        """Merged windows around every run of nine digits with separators between them."""
+        if self._number_windows is None:
+            data = self.data
+            windows: list[Span] = []
+            if _NUM_PREFILTER in data.translate(_NUM_MAP, _NUM_SEPARATORS):
+                mapped = data.translate(_NUM_MAP)
+                windows = _merge(
+                    (
+                        (m.start() - _NUM_BEFORE, m.end() + _NUM_AFTER)
+                        for m in _NUM_RUN.finditer(mapped)
+                    ),
+                    len(data),
+                )
+            self._number_windows = windows
+        return self._number_windows
+
+    def token_runs(self) -> list[Span]:
+        """Maximal runs of 16 or more characters of ``[A-Za-z0-9+/_=-]``."""
+        if self._token_runs is None:
+            mapped = self.data.translate(_TOKEN_MAP)
+            runs: list[Span] = []
+            start = mapped.find(_TOKEN_RUN)
+            while start >= 0:
+                end = mapped.find(b" ", start + _TOKEN_RUN_MIN)
+                if end < 0:
+                    end = len(mapped)
+                runs.append((start, end))
+                start = mapped.find(_TOKEN_RUN, end)
+            self._token_runs = runs
+        return self._token_runs
+
+
+class _BuiltinDetector:
+    """A detector that works on a shared :class:`_Scan`; subclasses implement ``_match``."""
+
+    name: str
+
+    def find(self, text: str) -> int:
+        """Number of validated matches in ``text``."""
+        return self.count(_Scan(text))
+
+    def count(self, scan: _Scan) -> int:
+        return len(self.spans(scan))
+
+    def spans(self, scan: _Scan) -> list[Span]:
+        """Validated, non-overlapping ``(start, end)`` byte spans, cached on the scan."""
+        spans = scan.spans.get(self.name)
+        if spans is None:
+            spans = scan.spans[self.name] = _disjoint(self._match(scan))
+        return spans
+
+    def _match(self, scan: _Scan) -> Iterable[Span]:
+        raise NotImplementedError
+
+
+# --- private keys --------------------------------------------------------------------------
+
+_PEM_HEADER = re.compile(rb"-----BEGIN (?:[A-Z0-9]{1,12} ){0,3}PRIVATE KEY(?: BLOCK)?-----")
+_PEM_BODY = re.compile(rb"[A-Za-z0-9+/]{40}")
+_PEM_MAX = 16_384  # an RSA-8192 key in PEM is ~6.5 KB; the block ends at END or here
+
+
+class PrivateKeyDetector(_BuiltinDetector):
+    """PEM and PGP private keys: a ``-----BEGIN ... PRIVATE KEY-----`` line with a body.
+
+    A header with no base64 body within a few lines (documentation that names the
+    format, a redacted ``...``) does not count. The span covers the whole block, so
+    ``api_key`` does not also count the body's lines as high-entropy tokens.
+    """
+
+    name = "private_key"
+
+    def _match(self, scan: _Scan) -> Iterator[Span]:
+        data = scan.data
+        if b"PRIVATE KEY" not in data:
+            return
+        for start, end in _windows(data, b"PRIVATE KEY", 48, 32):
+            for header in _PEM_HEADER.finditer(data, start, end):
+                body = header.end()
+                if _PEM_BODY.search(data, body, body + 400):
+                    block_end = data.find(b"-----END", body, body + _PEM_MAX)
+                    if block_end < 0:
+                        block_end = min(len(data), body + _PEM_MAX)
+                    yield header.start(), block_end
+
+
+# --- email ---------------------------------------------------------------------------------
+
+_LOCAL_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"
+_LOCAL_MAP = bytes(ord("x") if byte in _LOCAL_CHARS else ord(" ") for byte in range(256))
+_DOMAIN = re.compile(
+    rb"(?:[A-Za-z0-9-]{1,63}\.){1,8}([A-Za-z]{2,24})"
+    # Not the start of a longer name, and not scp-style ``git@github.com:org/repo``.
+    rb"(?![A-Za-z0-9_-]|\.[A-Za-z0-9]|:[^\s])"
+)
+# Retina assets (icon@2x.png) and the like: extensions that are not top-level domains.
+_FILE_EXTENSIONS = frozenset(
+    b"png jpg jpeg gif svg webp ico bmp tif tiff js mjs cjs ts tsx jsx css scss json yaml yml "
+    b"toml txt html htm pdf lock whl".split()
+)
+
+
+class EmailDetector(_BuiltinDetector):
+    """E-mail addresses; asset names such as ``icon@2x.png`` do not count."""
+
+    name = "email"
+
+    def _match(self, scan: _Scan) -> Iterator[Span]:
+        data = scan.data
+        if b"@" not in data:
+            return
+        for at in _occurrences(data, b"@"):
+            domain = _DOMAIN.match(data, at + 1)
+            if domain is None or domain.group(1).lower() in _FILE_EXTENSIONS:
+                continue
+            # The local part: up to 64 characters back, found in C (translate, rfind).
+            before = data[max(0, at - 65) : at].translate(_LOCAL_MAP)
+            length = len(before) - before.rfind(b" ") - 1
+            start = at - length
+            if 1 <= length <= 64 and data[start : start + 1].isalnum():
+                yield start, domain.end()
+
+
+# --- IBAN ----------------------------------------------------------------------------------
+
+_IBAN = re.compile(rb"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
+
+
+def _iban_span(match: re.Match[bytes]) -> Span | None:
+    text = match.group()
+    length = IBAN_LENGTHS.get(text[:2].decode())
+    if length is None:
+        return None
+    # Compact, or groups of four ("SE45 5000 ..."). The pattern may have run on into a
+    # following word ("... 7466 SEK"), so cut at the country's length.
+    spaced = text[4:5] == b" "
+    end = length + (length - 1) // 4 if spaced else length
+    candidate = text[:end]
+    if len(candidate) < end or (end < len(text) and text[end] != 0x20):
+        return None
+    wrong_spaces = candidate[4::5].strip(b" ") if spaced else b" " in candidate
+    if wrong_spaces:  # spaced: one after every group of four; compact: none
+        return None
+    if not iban_valid(candidate.decode()):
+        return None
+    return match.start(), match.start() + end
+
+
+class IbanDetector(_BuiltinDetector):
+    """IBANs, compact or in groups of four, with the country's length and a valid mod 97."""
+
+    name = "iban"
+
+    def _match(self, scan: _Scan) -> Iterator[Span]:
+        data = scan.data
+        for start, end in scan.number_windows():
+            for match in _IBAN.finditer(data, start, end):
+                span = _iban_span(match)
+                if span is not None:
+                    yield span
+
+
+# --- payment cards -------------------------------------------------------------------------
+
+_CARD = re.compile(rb"(?<![A-Za-z0-9_.+-])(?<![0-9][ -])[0-9](?:[ -]?[0-9]){12,18}(?![A-Za-z0-9_])")
+_CARD_GROUPS = re.compile(rb"[ -]")
+
+
+def _card_network_ok(digits: str) -> bool:
+    """A plausible issuer prefix (IIN) for this length."""
+    length = len(digits)
+    two, three, four = int(digits[:2]), int(digits[:3]), int(digits[:4])
+    if digits[0] == "4":  # Visa
+        return length in (13, 16, 19)
+    if 51 <= two <= 55 or 2221 <= four <= 2720:  # Mastercard
+        return length == 16
+    if two in (34, 37):  # American Express
+        return length == 15
+    if four == 6011 or 644 <= three <= 649 or two == 65 or 3528 <= four <= 3589 or two == 62:
+        return 16 <= length <= 19  # Discover, JCB, UnionPay
+    if 300 <= three <= 305 or two in (36, 38, 39):  # Diners Club
+        return 14 <= length <= 19
+    if four in (5018, 5020, 5038, 5893, 6304, 6759, 6761, 6762, 6763):  # Maestro
+        return 13 <= length <= 19
+    return False
+
+
+def _card_ok(text: bytes) -> bool:
+    digits = text.translate(None, _NOT_DIGITS).decode()
+    if not 13 <= len(digits) <= 19:
+        return False
+    separators = set(text.translate(None, _DIGIT_BYTES))
+    if len(separators) > 1:
+        return False
+    if separators:
+        lengths = [len(group) for group in _CARD_GROUPS.split(text)]
+        if lengths not in ([4, 6, 5], [4, 6, 4]) and not (
+            all(length == 4 for length in lengths[:-1]) and 1 <= lengths[-1] <= 4
+        ):
+            return False
+    return _card_network_ok(digits) and luhn_valid(digits)
+
+
+class PaymentCardDetector(_BuiltinDetector):
+    """Card numbers of 13 to 19 digits (spaces or dashes), Luhn-valid with a known prefix."""
+
+    name = "payment_card"
+
+    def _match(self, scan: _Scan) -> Iterator[Span]:
+        data = scan.data
+        windows = scan.number_windows()
+        if not windows:
+            return
+        ibans = _union(IBAN.spans(scan))
+        for start, end in windows:
+            for match in _CARD.finditer(data, start, end):
+                if _card_ok(match.group()) and not _overlaps(match.span(), ibans):
+                    yield match.span()
+
+
+# --- national ids --------------------------------------------------------------------------
+
+# Every supported shape in one pattern: six digits (the date), an optional two more (the
+# century), an optional separator or century sign, 3-5 digits and an optional check
+# character. Python then tries each country's rules on the whole match.
+_NATIONAL_ID = re.compile(
+    rb"(?<![A-Za-z0-9_+.-])[0-9]{6}(?:[0-9]{2})?[-+ A-FU-Y]?[0-9]{3,5}[0-9A-Y]?(?![A-Za-z0-9_])"
+)
+_DK_CPR = re.compile(r"[0-9]{6}-?[0-9]{4}")
+
+
+def _national_id_ok(text: str, before: bytes) -> bool:
+    if swedish_id_valid(text) or finnish_id_valid(text):
+        return True
+    if norwegian_id_valid(text.replace(" ", "")):  # DDMMYY IIIKK, with or without the space
+        return True
+    before = before.lower()
+    if b"cpr" in before and _DK_CPR.fullmatch(text):  # Danish: a date, no checksum
+        return _date_ok(None, int(text[2:4]), int(text[:2]), int(text[4:6]))
+    return (b"bsn" in before or b"burgerservicenummer" in before) and bsn_valid(text)
+
+
+class NationalIdDetector(_BuiltinDetector):
+    """National identity numbers with a checksum or, failing one, a keyword.
+
+    Swedish personnummer and samordningsnummer (Luhn), Norwegian fødselsnummer
+    and D-number (two mod-11 digits), Finnish HETU (mod-31 check character),
+    Danish CPR after the word "CPR" (a valid date; no checksum since 2007) and
+    Dutch BSN after "BSN" (11-proof).
+    """
+
+    name = "national_id"
+
+    def _match(self, scan: _Scan) -> Iterator[Span]:
+        data = scan.data
+        windows = scan.number_windows()
+        if not windows:
+            return
+        taken = _union(IBAN.spans(scan) + PAYMENT_CARD.spans(scan))
+        for start, end in windows:
+            for match in _NATIONAL_ID.finditer(data, start, end):
+                before = data[max(0, match.start() - 24) : match.start()]
+                if _national_id_ok(match.group().decode(), before) and not _overlaps(
+                    match.span(), taken
+                ):
+                    yield match.span()
+
+
+# --- phone numbers -------------------------------------------------------------------------
+
+# One digit or a bracketed area code at a time, each optionally after one separator: the
+# separator and digit classes never overlap, so there is exactly one way to match a run.
+_PHONE = re.compile(
+    rb"(?<![A-Za-z0-9_+.-])(?<![0-9][ .-])\+?(?:\([0-9]{1,4}\)|[0-9])"
+    rb"(?:[ .-]?(?:\([0-9]{1,4}\)|[0-9])){6,22}(?![A-Za-z0-9_]|[.-][0-9])"
+)
+_NANP = re.compile(r"(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-])[0-9]{3}[ .-][0-9]{4}")
+_DATE_PREFIX = re.compile(r"[0-9]{1,2}[ ./-][0-9]{1,2}[ ./-](?:19|20)[0-9]{2}")
+_ISO_DATE = re.compile(r"(?:1[89]|20)[0-9]{2}-[01][0-9]-[0-3][0-9]")
+_PHONE_GROUPS = re.compile(r"[ .()-]+")
+
+
+def _phone_ok(text: str) -> bool:
+    if text[0] not in "+0(" and not _NANP.fullmatch(text):  # only these start a phone number
+        return False
+    groups = [group for group in _PHONE_GROUPS.split(text.lstrip("+")) if group]
+    separators = set(text) & set(" .-")
+    # Dots only in 555.123.4567 and the French 01.23.45.67.89: not "01.02.2024 10",
+    # "0081-1750.00098" or "+1.12345679". Brackets only near the start: an area code or
+    # "+46 (0)70", not a DOI's "0020-0190(74)90003-9".
+    if "." in separators and (
+        len(separators) > 1 or not (_NANP.fullmatch(text) or list(map(len, groups)) == [2] * 5)
+    ):
+        return False
+    bracket = text.find("(")
+    if bracket >= 0 and sum(char.isdigit() for char in text[:bracket]) > 3:
+        return False
+    if _ISO_DATE.search(text):
+        return False
+    if text.startswith("+") or (text.startswith("00") and len(groups) > 1):
+        body = text[1:] if text.startswith("+") else text[2:]
+        digits = "".join(char for char in body.replace("(0)", "") if char.isdigit())
+        return 8 <= len(digits) <= 15 and digits[0] != "0"
+    if _NANP.fullmatch(text):
+        return len(separators) <= 1 or text.startswith("(")
+    digits = "".join(char for char in text if char.isdigit())
+    if not 9 <= len(digits) <= 12 or digits[0] != "0" or digits[1] == "0":
+        return False
+    if len(groups) == 1:  # no separators: only a mobile number is specific enough
+        return digits.startswith("07") and len(digits) in (10, 11)
+    lengths = [len(group) for group in groups]
+    if min(lengths) < 2 or lengths == [6, 4]:  # "0 0 0 ..." or a personnummer
+        return False
+    return not _DATE_PREFIX.match(text)
+
+
+class PhoneDetector(_BuiltinDetector):
+    """Phone numbers: ``+CC``/``00CC`` forms, NANP ``(555) 123-4567``, national ``0``-prefixed.
+
+    Digits already counted as an IBAN, card or national id are not counted again.
+    """
+
+    name = "phone"
+
+    def _match(self, scan: _Scan) -> Iterator[Span]:
+        data = scan.data
+        windows = scan.number_windows()
+        if not windows:
+            return
+        taken = _union(IBAN.spans(scan) + PAYMENT_CARD.spans(scan) + NATIONAL_ID.spans(scan))
+        for start, end in windows:
+            for match in _PHONE.finditer(data, start, end):
+                if _phone_ok(match.group().decode()) and not _overlaps(match.span(), taken):
+                    yield match.span()
+
+
+# --- API keys and other credentials --------------------------------------------------------
+
+# Matched where a token can start (a run's start, or after "=" or "/" in it): no lookbehind.
+_KNOWN_TOKEN = re.compile(
+    rb"""(?:
+        sk-ant-[a-z]{2,12}[0-9]{2}-[A-Za-z0-9_-]{32,}      # Anthropic
+      | (?P<loose>
+            sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}  # OpenAI
+          | glpat-[A-Za-z0-9_-]{20,}                         # GitLab
+          | ek-[A-Za-z0-9_-]{20,}                            # Enclave
+        )
+      | gh[pousr]_[A-Za-z0-9]{36,}                          # GitHub
+      | github_pat_[A-Za-z0-9_]{40,}
+      | xox[abprs]-[A-Za-z0-9-]{11,}                        # Slack
+      | (?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])            # AWS access key id
+      | AIza[A-Za-z0-9_-]{35}                               # Google API key
+      | [sr]k_live_[A-Za-z0-9]{20,}                         # Stripe live keys
+      | hf_[A-Za-z0-9]{30,}                                 # Hugging Face
+    )""",
+    re.VERBOSE,
+)
+_TOKEN_BREAK = re.compile(rb"[=/]+")
+_JWT = re.compile(
+    rb"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{10,}\.ey[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"
+)
+# These two run on a lower-cased copy of a window (case-insensitive without re.IGNORECASE,
+# which is slow); the value's own case comes from the original bytes at the same offsets.
+_AUTH_SCHEME = re.compile(
+    rb"(?<![a-z])(?:(bearer)[ \t]{1,3}([a-z0-9._~+/-]{20,}=*)"
+    rb"|(basic)[ \t]{1,3}([a-z0-9+/]{12,}={0,2})(?![a-z0-9+/=]))"
+)
+_ASSIGNMENT = re.compile(
+    rb"""(?<![a-z0-9])(?:api[_-]?key|secret[_-]?key|client[_-]?secret|secret|access[_-]?key
+      |access[_-]?token|auth[_-]?token|refresh[_-]?token|token|password|passwd)
+    ["']?[ \t]{0,3}[:=][ \t]{0,3}["']?([a-z0-9+/_.~=-]{16,256})""",
+    re.VERBOSE,
+)
+_ASSIGNMENT_WORDS = (b"key", b"secret", b"token", b"passw")
+_URL_CREDENTIALS = re.compile(rb"[^\s/:@]{1,64}:([^\s/:@,]{1,128})@[A-Za-z0-9.-]")
+_PLACEHOLDERS = (
+    b"your", b"example", b"xxxx", b"****", b"changeme", b"placeholder", b"redacted", b"dummy",
+    b"<", b"[", b"${", b"{{", b"$(", b"%s",
+)  # fmt: skip
+_HEX = re.compile(rb"[0-9a-fA-F-]+")
+_ALPHA_CHUNKS = re.compile(rb"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
+_LONG_LOWER = re.compile(rb"[a-z]{4,}")
+_PIECES = re.compile(rb"[^-_/.]+")
+# A word or CamelCase words ("lib", "python3", "OpenGVLab"). Each CamelCase part starts with
+# upper case and ends at the next one, so there is one way to split (no backtracking blow-up).
+_WORDY = re.compile(rb"(?:[a-z]{3,}|[a-z]*(?:[A-Z]+[a-z]{2,})+)[0-9]{0,2}")
+_IMAGE_BASE64 = (b"iVBORw0KGgo", b"/9j/", b"R0lGOD", b"UklGR")  # PNG, JPEG, GIF, WebP
+_GENERIC_MIN, _GENERIC_MAX = 24, 1024
+
+
+def _char_classes(value: bytes) -> tuple[bool, bool, bool]:
+    """Whether ``value`` has upper case, lower case and digits (all in C)."""
+    return (
+        value.lower() != value,
+        value.upper() != value,
+        len(value.translate(None, _DIGIT_BYTES)) != len(value),
+    )
+
+
+def _placeholder(value: bytes) -> bool:
+    lowered = value.lower()
+    return any(marker in lowered for marker in _PLACEHOLDERS)
+
+
+def _entropy(value: bytes) -> float:
+    """Shannon entropy in bits per character."""
+    length = len(value)
+    return -sum(n / length * math.log2(n / length) for n in Counter(value).values())
+
+
+def _average_chunk(value: bytes) -> float:
+    """Mean length of letter chunks split at case changes: ~2 in random text, 4+ in words."""
+    chunks = _ALPHA_CHUNKS.findall(value)
+    return sum(map(len, chunks)) / len(chunks) if chunks else 0.0
+
+
+def _wordy_pieces(value: bytes) -> list[Span] | None:
+    """The pieces between ``-_/.`` when one of them is a word (a path, a model id), else None."""
+    pieces = [match.span() for match in _PIECES.finditer(value)]
+    if len(pieces) > 1 and any(_WORDY.fullmatch(value, start, end) for start, end in pieces):
+        return pieces
+    return None
+
+
+def _decodes_to_text(value: bytes) -> bool:
+    """Base64 (standard or URL-safe) of printable UTF-8: encoded text, not a key."""
+    padded = value.replace(b"-", b"+").replace(b"_", b"/").rstrip(b"=")
+    padded += b"=" * (-len(padded) % 4)
+    try:
+        decoded = binascii.a2b_base64(padded, strict_mode=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    printable = sum(char.isprintable() or char in "\t\r\n" for char in decoded)
+    return printable >= 0.95 * len(decoded)
+
+
+def looks_random(token: bytes) -> bool:
+    """The generic rule: whether one token of ``[A-Za-z0-9+/_=-]`` looks like a secret.
+
+    24 to 1024 characters (padding aside); upper case, lower case and digits; not
+    hex; few ``-``/``_``; letter chunks averaging under 3 characters and under 40%
+    of the token in lower-case runs of 4+ (words fail both); entropy of at least
+    0.8 * log2(length) bits per character; not base64 of printable text.
+    """
+    core = token.rstrip(b"=")
+    length = len(core)
+    if not _GENERIC_MIN <= length <= _GENERIC_MAX or not all(_char_classes(core)):
+        return False
+    if _HEX.fullmatch(core) or core.count(b"-") + core.count(b"_") > 3 + length // 16:
+        return False
+    if core.startswith(_IMAGE_BASE64) or _average_chunk(core) >= 3.0:
+        return False
+    if sum(map(len, _LONG_LOWER.findall(core))) > 0.4 * length:
+        return False
+    if _entropy(core) < 0.8 * math.log2(length):
+        return False
+    return not _decodes_to_text(token)
+
+
+def _generic_candidates(data: bytes, start: int, end: int) -> Iterator[Span]:
+    token = data[start:end]
+    if not _GENERIC_MIN <= len(token) <= _GENERIC_MAX or not all(_char_classes(token)):
+        return
+    pieces = _wordy_pieces(token)
+    if pieces is None:
+        if looks_random(token):
+            yield start, end
+        return
+    for piece_start, piece_end in pieces:  # judge each piece of a path or an id on its own
+        if piece_end - piece_start >= _GENERIC_MIN and looks_random(token[piece_start:piece_end]):
+            yield start + piece_start, start + piece_end
+
+
+def _assigned_secret_ok(value: bytes, data: bytes, end: int) -> bool:
+    """A value after ``api_key=`` or ``"token":``: may be short or hex, must not be code."""
+    upper, lower, digit = _char_classes(value)
+    if not digit or not (upper or lower) or _placeholder(value):
+        return False
+    if data[end : end + 1] == b"(" or _wordy_pieces(value) is not None:  # a call, an identifier
+        return False
+    if upper and lower and _average_chunk(value) >= 3.0:  # CamelCase
+        return False
+    return _entropy(value) >= 3.0
+
+
+def _url_password_ok(value: bytes) -> bool:
+    """``scheme://user:PASSWORD@host``, but not ``tiger``, ``password`` or ``${DB_PASSWORD}``."""
+    if len(value) < 8 or _placeholder(value):
+        return False
+    upper, lower, digit = _char_classes(value)
+    other = len(value.translate(None, _TOKEN_CHARS)) > 0
+    return upper + lower + digit + other >= 2
+
+
+def _known_token_ok(match: re.Match[bytes]) -> bool:
+    if match.group("loose") is None:
+        return True
+    # sk-/ek-/glpat- also start hyphenated words ("sk-learn-compatible-..."): want a digit
+    # and one long unbroken chunk.
+    token = match.group()
+    chunks = token.replace(b"_", b"-").split(b"-")
+    return _char_classes(token)[2] and max(map(len, chunks)) >= 16
+
+
+def _auth_value_ok(scheme: bytes, value: bytes) -> bool:
+    if scheme == b"basic":  # base64 of "user:password"
+        try:
+            return b":" in binascii.a2b_base64(value, strict_mode=True)
+        except binascii.Error:
+            return False
+    upper, lower, digit = _char_classes(value)
+    return digit and (upper or lower) and not _placeholder(value)
+
+
+def _context_spans(data: bytes, start: int, end: int) -> Iterator[Span]:
+    """``Bearer``/``Basic`` credentials and ``api_key=...`` values in one window."""
+    window = data[start:end].lower()
+    if b"bearer" in window or b"basic" in window:
+        for match in _AUTH_SCHEME.finditer(window):
+            group = 2 if match.group(1) else 4
+            value_start, value_end = start + match.start(group), start + match.end(group)
+            if _auth_value_ok(match.group(group - 1), data[value_start:value_end]):
+                yield value_start, value_end
+    if (b"=" in window or b":" in window) and any(word in window for word in _ASSIGNMENT_WORDS):
+        for match in _ASSIGNMENT.finditer(window):
+            value_start, value_end = start + match.start(1), start + match.end(1)
+            if _assigned_secret_ok(data[value_start:value_end], data, value_end):
+                yield value_start, value_end
+
+
+class ApiKeyDetector(_BuiltinDetector):
+    """API keys, tokens and other credentials; the module docstring lists what counts."""
+
+    name = "api_key"
+
+    def _match(self, scan: _Scan) -> Iterator[Span]:
+        data = scan.data
+        known: list[Span] = []
+        if b"@" in data and b"://" in data:
+            for position in _occurrences(data, b"://"):
+                url = _URL_CREDENTIALS.match(data, position + 3)
+                if url and _url_password_ok(url.group(1)):
+                    known.append(url.span(1))
+        runs = scan.token_runs()
+        if not runs:
+            yield from known
+            return
+        for start, end in runs:
+            if data.startswith(b"eyJ", start):  # a JWT's header is a run of its own
+                jwt = _JWT.match(data, start)
+                if jwt:
+                    known.append(jwt.span())
+                    continue
+            # A token starts the run or follows "=" or "/" in it ("KEY=sk-...", ".../xoxb-...").
+            starts = [start] + [m.end() for m in _TOKEN_BREAK.finditer(data, start, end - 16)]
+            for position in starts:
+                match = _KNOWN_TOKEN.match(data, position, end)
+                if match and _known_token_ok(match):
+                    known.append(match.span())
+        for start, end in _merge(((start - 48, end) for start, end in runs), len(data)):
+            known.extend(_context_spans(data, start, end))
+        yield from known
+        taken = _union(known + PRIVATE_KEY.spans(scan))
+        for run in runs:
+            if not _overlaps(run, taken):
+                yield from _generic_candidates(data, *run)
+
+
+# --- the set -------------------------------------------------------------------------------
+
+API_KEY = ApiKeyDetector()
+PRIVATE_KEY = PrivateKeyDetector()
+EMAIL = EmailDetector()
+PHONE = PhoneDetector()
+IBAN = IbanDetector()
+PAYMENT_CARD = PaymentCardDetector()
+NATIONAL_ID = NationalIdDetector()
+
+_BUILTINS: dict[str, _BuiltinDetector] = {
+    detector.name: detector
+    for detector in (API_KEY, PRIVATE_KEY, EMAIL, PHONE, IBAN, PAYMENT_CARD, NATIONAL_ID)
+}
+DETECTOR_NAMES: tuple[str, ...] = tuple(_BUILTINS)
+
+
+class DetectorSet:
+    """Runs the enabled detectors; only types and counts come out, never values."""
+
+    def __init__(self, names: Iterable[str] | None = None) -> None:
+        """Enable ``names`` (default: every built-in); an unknown name is a ``ValueError``."""
+        chosen = DETECTOR_NAMES if names is None else tuple(dict.fromkeys(names))
+        unknown = [name for name in chosen if name not in _BUILTINS]
+        if unknown:
+            raise ValueError(
+                f"Unknown detector(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(DETECTOR_NAMES)}."
+            )
+        self._detectors = tuple(_BUILTINS[name] for name in sorted(chosen))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The enabled detectors' names, sorted."""
+        return tuple(detector.name for detector in self._detectors)
+
+    def scan(self, texts: Iterable[str]) -> list[Finding]:
+        """Findings (sorted by type, counts > 0) over all ``texts`` of one request."""
+        if not self._detectors:
+            return []
+        scan = _Scan(texts if isinstance(texts, str) else "\n".join(texts))
+        findings = []
+        for detector in self._detectors:
+            count = detector.count(scan)
+            if count:
+                findings.append(Finding(detector.name, count))
+        return findings

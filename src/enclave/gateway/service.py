@@ -1,0 +1,614 @@
+"""The gateway: one request from classification to audit entry.
+
+For every call to a token-spending endpoint, :meth:`Gateway.handle`:
+
+1. classifies the request (:mod:`enclave.gateway.classification`);
+2. plans where it may go (:mod:`enclave.gateway.routing`) and fails closed
+   with 403 ``no_eligible_provider`` when nowhere cleared is up;
+3. admits it against the key's and workspace's limits (429 otherwise);
+4. tries the planned targets in order until one accepts. A target counts as
+   accepted once its first byte is in hand, so a provider that dies before
+   that falls over to the next eligible one and the client never notices;
+5. passes the answer through (an upstream's bytes unchanged, streams chunk by
+   chunk) and, when it ends, settles the limits, records usage and appends
+   the audit entry. Usage and audit writes are batched off the request path.
+
+A stream whose provider dies mid-way ends with an SSE error event, never a
+silent truncation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+
+from enclave.api.openai import responses
+from enclave.api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from enclave.auth.principals import Principal
+from enclave.errors import (
+    EnclaveError,
+    PolicyDenied,
+    QueueFull,
+    RateLimited,
+    UpstreamUnavailable,
+)
+from enclave.gateway.audit import AuditLog, AuditRecord
+from enclave.gateway.classification import Classifier, Decision
+from enclave.gateway.limits import Limiter, LimitRule, Reservation, Subject
+from enclave.gateway.routing import RoutingTable, Target
+from enclave.gateway.usage import UsageLedger, UsageRecord
+from enclave.inference import Generation, InferenceService
+from enclave.metrics import Metrics
+from enclave.providers.openai_upstream import OpenAIUpstream, UpstreamReply
+from enclave.settings import LimitsConfig, Settings, WorkspaceConfig
+
+log = logging.getLogger(__name__)
+
+Wire = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+ENDPOINT_PATHS = {
+    "chat": "/chat/completions",
+    "completion": "/completions",
+    "embeddings": "/embeddings",
+}
+
+
+@dataclass(slots=True)
+class Call:
+    """One request to a token-spending endpoint, parsed and authenticated."""
+
+    capability: str  # "chat", "completion" or "embeddings"
+    principal: Principal
+    body: dict[str, Any]
+    wire: Wire
+    classification_header: str | None
+    received: float = field(default_factory=time.perf_counter)
+
+    @property
+    def endpoint(self) -> str:
+        return "/v1" + ENDPOINT_PATHS[self.capability]
+
+    @property
+    def streaming(self) -> bool:
+        return bool(getattr(self.wire, "stream", False))
+
+
+@dataclass(slots=True)
+class Answer:
+    """What the HTTP layer sends: a body or a stream, with the gateway headers."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes | None = None
+    stream: AsyncIterator[bytes] | None = None
+    media_type: str = "application/json"
+
+
+def request_texts(body: dict[str, Any]) -> Iterator[str]:
+    """Every piece of text a request carries: messages, tool calls and results, prompts."""
+    for message in body.get("messages") or ():
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            yield content
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    yield part["text"]
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                yield function["arguments"]
+    for key in ("prompt", "input"):
+        value = body.get(key)
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list):
+            yield from (item for item in value if isinstance(item, str))
+
+
+def _rule(config: LimitsConfig) -> LimitRule:
+    return LimitRule(
+        requests_per_minute=config.requests_per_minute,
+        tokens_per_minute=config.tokens_per_minute,
+        token_budget=config.token_budget,
+        budget_period=config.budget_period,
+    )
+
+
+class _Ledger:
+    """Everything known about one call, turned into accounting when it ends."""
+
+    __slots__ = (
+        "call",
+        "completion_tokens",
+        "decision",
+        "gateway",
+        "policy",
+        "prompt_tokens",
+        "reservation",
+        "response_text",
+        "target",
+        "upstream_seconds",
+    )
+
+    def __init__(self, gateway: Gateway, call: Call, policy: WorkspaceConfig) -> None:
+        self.gateway = gateway
+        self.call = call
+        self.policy = policy
+        self.decision: Decision | None = None
+        self.reservation: Reservation | None = None
+        self.target: Target | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.upstream_seconds = 0.0
+        self.response_text: str | None = None
+
+    def overhead_ms(self) -> float:
+        elapsed = time.perf_counter() - self.call.received
+        return max(0.0, (elapsed - self.upstream_seconds) * 1000)
+
+    def headers(self) -> dict[str, str]:
+        assert self.target is not None and self.decision is not None
+        return {
+            "x-enclave-provider": self.target.provider,
+            "x-enclave-model": self.target.model,
+            "x-enclave-classification": self.decision.level,
+            "x-enclave-overhead-ms": f"{self.overhead_ms():.3f}",
+        }
+
+    async def close(self, outcome: str, status: int, error: EnclaveError | None = None) -> None:
+        """Settle limits, record usage and append the audit entry. Never raises."""
+        gateway = self.gateway
+        call = self.call
+        tokens = self.prompt_tokens + self.completion_tokens
+        try:
+            if self.reservation is not None:
+                await gateway.limiter.settle(self.reservation, tokens)
+        except Exception:
+            log.exception("settling limits failed")
+        now = datetime.now(UTC)
+        principal = call.principal
+        if self.target is not None and (tokens or outcome == "ok"):
+            gateway.usage.record(
+                UsageRecord(
+                    time=now,
+                    key_id=principal.key_id,
+                    workspace=principal.workspace,
+                    provider=self.target.provider,
+                    model=self.target.model,
+                    prompt_tokens=self.prompt_tokens,
+                    completion_tokens=self.completion_tokens,
+                )
+            )
+        decision = self.decision
+        keep_text = self.policy.log_content
+        gateway.audit.append(
+            AuditRecord(
+                time=now,
+                key_id=principal.key_id,
+                workspace=principal.workspace,
+                endpoint=call.endpoint,
+                requested_model=str(call.body.get("model", "")),
+                classification=decision.level if decision else "",
+                reasons=decision.reasons if decision else (),
+                provider=self.target.provider if self.target else None,
+                location=self.target.location if self.target else None,
+                outcome=outcome,
+                status=status,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                latency_ms=round((time.perf_counter() - call.received) * 1000, 3),
+                error_code=error.code if error else None,
+                findings=tuple((f.type, f.count) for f in decision.findings) if decision else (),
+                prompt_text="\n".join(request_texts(call.body)) if keep_text else None,
+                response_text=self.response_text if keep_text else None,
+            )
+        )
+        gateway.metrics.gateway_requests.labels(
+            self.target.provider if self.target else "none", outcome
+        ).inc()
+
+
+class Gateway:
+    """Routes token-spending calls by classification, with limits, usage and audit."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        routing: RoutingTable,
+        classifier: Classifier,
+        limiter: Limiter,
+        usage: UsageLedger,
+        audit: AuditLog,
+        inference: InferenceService,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.routing = routing
+        self.classifier = classifier
+        self.limiter = limiter
+        self.usage = usage
+        self.audit = audit
+        self.inference = inference
+        self.metrics = metrics
+        self._policies = {workspace.name: workspace for workspace in settings.workspaces}
+        self._key_rule = _rule(settings.key_limits)
+        self._workspace_rules = {
+            workspace.name: _rule(workspace.limits) for workspace in settings.workspaces
+        }
+
+    async def provider_status(self) -> list[dict[str, Any]]:
+        """Each provider's health, clearance, location and circuit state."""
+        status = await self.inference.provider_status()
+        configs = {config.name: config for config in self.settings.providers}
+        for entry in status:
+            config = configs.get(entry["name"])
+            breaker = self.routing.breakers.get(entry["name"])
+            entry["type"] = config.type if config else "custom"
+            entry["clearance"] = config.clearance if config else self.routing.levels.names[-1]
+            entry["location"] = config.location if config else "on-prem"
+            entry["circuit"] = breaker.state if breaker else "closed"
+            entry["consecutive_failures"] = breaker.failures if breaker else 0
+        return status
+
+    def policy(self, workspace: str) -> WorkspaceConfig:
+        found = self._policies.get(workspace)
+        if found is None:
+            found = self._policies[workspace] = self.settings.workspace_policy(workspace)
+        return found
+
+    def subjects(self, principal: Principal) -> list[Subject]:
+        subjects = []
+        if not self._key_rule.empty:
+            subjects.append(Subject("key", str(principal.key_id), self._key_rule))
+        rule = self._workspace_rules.get(principal.workspace)
+        if rule is not None and not rule.empty:
+            subjects.append(Subject("workspace", principal.workspace, rule))
+        return subjects
+
+    async def handle(self, call: Call) -> Answer:
+        """Classify, route, admit and dispatch one call (see the module docstring)."""
+        policy = self.policy(call.principal.workspace)
+        ledger = _Ledger(self, call, policy)
+        try:
+            return await self._handle(call, ledger, policy)
+        except EnclaveError as error:
+            outcome = (
+                "denied"
+                if isinstance(error, PolicyDenied)
+                else "rate_limited"
+                if isinstance(error, RateLimited)
+                else "error"
+            )
+            await ledger.close(outcome, error.status_code, error)
+            raise
+        except BaseException:
+            await ledger.close("error", 500)
+            raise
+
+    async def _handle(self, call: Call, ledger: _Ledger, policy: WorkspaceConfig) -> Answer:
+        requested = str(call.body.get("model", ""))
+        decision = ledger.decision = self.classifier.classify(
+            workspace=call.principal.workspace,
+            floor=policy.classification or self.routing.levels.lowest,
+            header=call.classification_header,
+            texts=request_texts(call.body),
+        )
+        for finding in decision.findings:
+            self.metrics.detector_findings.labels(finding.type).inc()
+        targets = self.routing.candidates(requested, call.capability)
+        plan = self.routing.plan(targets, decision.level)
+        if not plan.routes:
+            raise self._denied(requested, decision, plan.excluded)
+        subjects = self.subjects(call.principal)
+        if subjects:
+            ledger.reservation = await self.limiter.admit(subjects, self._estimate(call))
+        failures: list[str] = []
+        errors: list[EnclaveError] = []
+        for target in plan.routes:
+            breaker = self.routing.breakers[target.provider]
+            if breaker.is_down():
+                failures.append(f"{target.qualified}: down (circuit open)")
+                continue
+            breaker.attempt()
+            ledger.target = target
+            try:
+                answer = await self._dispatch(call, ledger, target)
+            except (UpstreamUnavailable, QueueFull) as exc:
+                if isinstance(exc, UpstreamUnavailable):
+                    breaker.failure()
+                failures.append(f"{target.qualified}: {exc.message}")
+                errors.append(exc)
+                continue
+            breaker.success()
+            return answer
+        ledger.target = None
+        if (
+            errors
+            and len(errors) == len(failures)
+            and all(isinstance(e, QueueFull) for e in errors)
+        ):
+            raise errors[0]  # every eligible provider is merely busy: 429 with Retry-After
+        raise UpstreamUnavailable(
+            "Every provider cleared for this request failed: " + "; ".join(failures)
+        )
+
+    def _denied(
+        self, requested: str, decision: Decision, excluded: tuple[tuple[Target, str], ...]
+    ) -> PolicyDenied:
+        why = "; ".join(f"{target.qualified} {reason}" for target, reason in excluded)
+        return PolicyDenied(
+            f"No provider cleared for '{decision.level}' data can serve '{requested}'. "
+            f"The request is '{decision.level}' because: {', '.join(decision.reasons)}. "
+            f"Excluded: {why or 'none configured'}."
+        )
+
+    @staticmethod
+    def _estimate(call: Call) -> int:
+        chars = sum(len(text) for text in request_texts(call.body))
+        limit = call.body.get("max_completion_tokens") or call.body.get("max_tokens") or 0
+        return chars // 4 + (limit if isinstance(limit, int) else 0)
+
+    # -- dispatch --------------------------------------------------------
+
+    async def _dispatch(self, call: Call, ledger: _Ledger, target: Target) -> Answer:
+        provider = self.routing.providers[target.provider]
+        if isinstance(provider, OpenAIUpstream):
+            return await self._upstream(call, ledger, provider, target)
+        return await self._local(call, ledger, target)
+
+    async def _upstream(
+        self, call: Call, ledger: _Ledger, provider: OpenAIUpstream, target: Target
+    ) -> Answer:
+        body = dict(call.body)
+        body["model"] = provider.upstream_model(target.model)
+        wants_usage = False
+        if call.streaming:
+            options = body.get("stream_options")
+            wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            # Always ask for usage: limits and the ledger need it; the chunk is
+            # dropped again below when the client did not ask for it.
+            body["stream_options"] = {**(options or {}), "include_usage": True}
+        started = time.perf_counter()
+        reply = await provider.send(ENDPOINT_PATHS[call.capability], body)
+        try:
+            if not call.streaming or reply.status != 200:
+                try:
+                    data = await reply.response.read()
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    raise UpstreamUnavailable(
+                        f"Provider '{provider.name}' failed while answering ({type(exc).__name__})."
+                    ) from None
+                ledger.upstream_seconds = time.perf_counter() - started
+                return await self._upstream_body(call, ledger, reply.status, data)
+            chunks = reply.response.content.iter_any()
+            try:
+                first = await anext(chunks)
+            except (aiohttp.ClientError, TimeoutError, OSError, StopAsyncIteration) as exc:
+                raise UpstreamUnavailable(
+                    f"Provider '{provider.name}' ended the stream before any data "
+                    f"({type(exc).__name__})."
+                ) from None
+            ledger.upstream_seconds = time.perf_counter() - started
+        except BaseException:
+            reply.close()
+            raise
+        relay = _StreamRelay(ledger, reply, first, chunks, wants_usage, provider.name)
+        return Answer(200, ledger.headers(), stream=relay.run(), media_type="text/event-stream")
+
+    async def _upstream_body(self, call: Call, ledger: _Ledger, status: int, data: bytes) -> Answer:
+        outcome = "ok" if status < 400 else "error"
+        try:
+            parsed = orjson.loads(data)
+            usage = parsed.get("usage") if isinstance(parsed, dict) else None
+        except orjson.JSONDecodeError:
+            parsed, usage = None, None
+        if isinstance(usage, dict):
+            ledger.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            ledger.completion_tokens = int(usage.get("completion_tokens") or 0)
+        if ledger.policy.log_content and isinstance(parsed, dict):
+            ledger.response_text = _response_text(parsed)
+        headers = ledger.headers()
+        await ledger.close(outcome, status)
+        return Answer(status, headers, body=data)
+
+    async def _local(self, call: Call, ledger: _Ledger, target: Target) -> Answer:
+        provider = self.routing.providers[target.provider]
+        card = self.routing.cards[(target.provider, target.model)]
+        tenant = call.principal.tenant
+        wire = call.wire
+        if isinstance(wire, EmbeddingRequest):
+            card, result = await self.inference.embed(
+                target.model, wire.inputs(), dimensions=wire.dimensions, target=(provider, card)
+            )
+            ledger.prompt_tokens = result.prompt_tokens
+            body = orjson.dumps(responses.embeddings_body(card.id, result, wire.encoding_format))
+            headers = ledger.headers()
+            await ledger.close("ok", 200)
+            return Answer(200, headers, body=body)
+        if isinstance(wire, ChatCompletionRequest):
+            generations = [
+                await self.inference.generate(
+                    wire.to_generation_request(tenant), target=(provider, card)
+                )
+            ]
+        else:
+            generations = []
+            try:
+                for prompt in wire.prompts():
+                    request = wire.to_generation_request(prompt, tenant)
+                    generations.append(
+                        await self.inference.generate(request, target=(provider, card))
+                    )
+            except BaseException:
+                for generation in generations:
+                    await generation.aclose()
+                raise
+        if call.streaming:
+            if isinstance(wire, ChatCompletionRequest):
+                events = responses.chat_completion_events(
+                    generations[0], include_usage=wire.include_usage
+                )
+            else:
+                echo = wire.prompts() if wire.echo else []
+                events = responses.completion_events(
+                    generations, echo, include_usage=wire.include_usage
+                )
+            stream = _local_stream(ledger, events, generations)
+            return Answer(200, ledger.headers(), stream=stream, media_type="text/event-stream")
+        if isinstance(wire, ChatCompletionRequest):
+            payload = await responses.chat_completion_body(generations[0])
+        else:
+            payload = await responses.completion_body(
+                generations, wire.prompts() if wire.echo else []
+            )
+        _count(ledger, generations)
+        if ledger.policy.log_content:
+            ledger.response_text = _response_text(payload)
+        headers = ledger.headers()
+        await ledger.close("ok", 200)
+        return Answer(200, headers, body=orjson.dumps(payload))
+
+
+def _count(ledger: _Ledger, generations: list[Generation]) -> None:
+    for generation in generations:
+        if generation.usage is not None:
+            ledger.prompt_tokens += generation.usage.prompt_tokens
+            ledger.completion_tokens += generation.usage.completion_tokens
+
+
+def _response_text(payload: dict[str, Any]) -> str:
+    parts = []
+    for choice in payload.get("choices") or ():
+        message = choice.get("message") or {}
+        parts.append(str(message.get("content") or choice.get("text") or ""))
+    return "\n".join(parts)
+
+
+async def _local_stream(
+    ledger: _Ledger, events: AsyncIterator[bytes], generations: list[Generation]
+) -> AsyncIterator[bytes]:
+    outcome, status = "cancelled", 499
+    try:
+        async for event in events:
+            yield event
+        finished = all(generation.usage is not None for generation in generations)
+        outcome, status = ("ok", 200) if finished else ("error", 200)
+    finally:
+        _count(ledger, generations)
+        await ledger.close(outcome, status)
+
+
+class _StreamRelay:
+    """Passes an upstream's SSE bytes through as they arrive, and accounts for them.
+
+    Events are split on blank lines only to read the final usage chunk (and to
+    drop it when the client did not ask for it); everything else is forwarded
+    byte for byte, without waiting for more.
+    """
+
+    def __init__(
+        self,
+        ledger: _Ledger,
+        reply: UpstreamReply,
+        first: bytes,
+        chunks: AsyncIterator[bytes],
+        wants_usage: bool,
+        provider: str,
+    ) -> None:
+        self.ledger = ledger
+        self.reply = reply
+        self.first = first
+        self.chunks = chunks
+        self.wants_usage = wants_usage
+        self.provider = provider
+        self.pending = b""
+        self.done = False
+        self.deltas = 0
+
+    def _filter(self, data: bytes) -> bytes:
+        """Return what to forward now; keeps an incomplete trailing event back."""
+        if b"usage" not in data and not self.pending:
+            # Fast path: nothing to inspect; still track event boundaries.
+            self.deltas += data.count(b"data: ")
+            if data.endswith(b"\n\n"):
+                self.done = self.done or b"data: [DONE]" in data
+                return data
+        buffer = self.pending + data
+        cut = buffer.rfind(b"\n\n")
+        if cut < 0:
+            self.pending = buffer
+            return b""
+        complete, self.pending = buffer[: cut + 2], buffer[cut + 2 :]
+        if b"usage" not in complete:
+            self.deltas += complete.count(b"data: ")
+            self.done = self.done or b"data: [DONE]" in complete
+            return complete
+        kept = []
+        for event in complete.split(b"\n\n")[:-1]:
+            if event.startswith(b"data: [DONE]"):
+                self.done = True
+            elif b'"usage"' in event and event.startswith(b"data: "):
+                drop = self._read_usage(event[6:])
+                if drop and not self.wants_usage:
+                    continue
+            else:
+                self.deltas += 1
+            kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+    def _read_usage(self, payload: bytes) -> bool:
+        """Record usage from a chunk; True if it is a usage-only chunk."""
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return False
+        usage = chunk.get("usage") if isinstance(chunk, dict) else None
+        if isinstance(usage, dict):
+            self.ledger.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.ledger.completion_tokens = int(usage.get("completion_tokens") or 0)
+        return isinstance(usage, dict) and not chunk.get("choices")
+
+    async def run(self) -> AsyncIterator[bytes]:
+        outcome, status, error = "cancelled", 499, None
+        try:
+            out = self._filter(self.first)
+            if out:
+                yield out
+            try:
+                async for data in self.chunks:
+                    out = self._filter(data)
+                    if out:
+                        yield out
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                error = UpstreamUnavailable(
+                    f"Provider '{self.provider}' failed mid-stream ({type(exc).__name__}); "
+                    "the answer is incomplete.",
+                    code="upstream_disconnected",
+                )
+            if error is None and not self.done:
+                error = UpstreamUnavailable(
+                    f"Provider '{self.provider}' ended the stream early; the answer is incomplete.",
+                    code="upstream_disconnected",
+                )
+            if error is not None:
+                outcome, status = "error", 200
+                self.ledger.gateway.routing.breakers[self.provider].failure()
+                yield responses.sse_error(error)
+            else:
+                outcome, status = "ok", 200
+        finally:
+            self.reply.close()
+            if not self.ledger.completion_tokens and self.deltas:
+                self.ledger.completion_tokens = self.deltas
+            await self.ledger.close(outcome, status, error)
