@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -114,3 +115,24 @@ def test_first_start_prints_an_admin_key_once(tmp_path: Path) -> None:
     rows = sqlite3.connect(home / "enclave.db").execute("SELECT key_hash FROM api_keys").fetchall()
     assert len(rows) == 1 and keys[0] not in rows[0][0]
     assert Path(ENCLAVE).exists()
+
+
+def test_providers_usage_and_audit_commands_against_a_running_server(server: Server) -> None:
+    reply = server.client().chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "Hi"}], max_tokens=3
+    )
+    listed = server.cli("providers", "list", "--url", server.url, "--key", server.admin_key)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"local\s+llamacpp\s+on-prem\s+secret\s+yes\s+closed", listed.stdout)
+    deadline = time.monotonic() + 10
+    while True:  # usage and audit are written in batches, a fraction of a second later
+        usage = server.cli("usage", "--json")
+        rows = json.loads(usage.stdout or "[]") if usage.returncode == 0 else []
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert reply.usage is not None
+    assert sum(row["total_tokens"] for row in rows) >= reply.usage.total_tokens
+    verified = server.cli("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "audit log OK" in verified.stdout

@@ -705,8 +705,7 @@ _TOKEN_BREAK = re.compile(rb"[=/]+")
 _JWT = re.compile(
     rb"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{10,}\.ey[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"
 )
-# These two run on a lower-cased copy of a window (case-insensitive without re.IGNORECASE,
-# which is slow); the value's own case comes from the original bytes at the same offsets.
+# These two run on lower-cased windows (see _context_spans).
 _AUTH_SCHEME = re.compile(
     rb"(?<![a-z])(?:(bearer)[ \t]{1,3}([a-z0-9._~+/-]{20,}=*)"
     rb"|(basic)[ \t]{1,3}([a-z0-9+/]{12,}={0,2})(?![a-z0-9+/=]))"
@@ -717,7 +716,8 @@ _ASSIGNMENT = re.compile(
     ["']?[ \t]{0,3}[:=][ \t]{0,3}["']?([a-z0-9+/_.~=-]{16,256})""",
     re.VERBOSE,
 )
-_ASSIGNMENT_WORDS = (b"key", b"secret", b"token", b"passw")
+# One C call per window instead of a substring test per keyword.
+_CONTEXT_WORD = re.compile(rb"bearer|basic|key|secret|token|passw")
 _URL_CREDENTIALS = re.compile(rb"[^\s/:@]{1,64}:([^\s/:@,]{1,128})@[A-Za-z0-9.-]")
 _PLACEHOLDERS = (
     b"your", b"example", b"xxxx", b"****", b"changeme", b"placeholder", b"redacted", b"dummy",
@@ -858,20 +858,45 @@ def _auth_value_ok(scheme: bytes, value: bytes) -> bool:
     return digit and (upper or lower) and not _placeholder(value)
 
 
-def _context_spans(data: bytes, start: int, end: int) -> Iterator[Span]:
-    """``Bearer``/``Basic`` credentials and ``api_key=...`` values in one window."""
-    window = data[start:end].lower()
-    if b"bearer" in window or b"basic" in window:
-        for match in _AUTH_SCHEME.finditer(window):
-            group = 2 if match.group(1) else 4
-            value_start, value_end = start + match.start(group), start + match.end(group)
-            if _auth_value_ok(match.group(group - 1), data[value_start:value_end]):
-                yield value_start, value_end
-    if (b"=" in window or b":" in window) and any(word in window for word in _ASSIGNMENT_WORDS):
+def _context_spans(data: bytes, runs: list[Span]) -> Iterator[Span]:
+    """``Bearer``/``Basic`` credentials and ``api_key=...`` values in the runs' windows.
+
+    A window is a run and the 48 bytes before it, lower-cased, so the keywords match in
+    any case without ``re.IGNORECASE`` (slow); values keep their case from ``data``.
+    """
+    for start, end in _merge(((start - 48, end) for start, end in runs), len(data)):
+        window = data[start:end].lower()
+        if not _CONTEXT_WORD.search(window):
+            continue
+        if b"bearer" in window or b"basic" in window:
+            for match in _AUTH_SCHEME.finditer(window):
+                group = 2 if match.group(1) else 4
+                value_start, value_end = start + match.start(group), start + match.end(group)
+                if _auth_value_ok(match.group(group - 1), data[value_start:value_end]):
+                    yield value_start, value_end
         for match in _ASSIGNMENT.finditer(window):
             value_start, value_end = start + match.start(1), start + match.end(1)
             if _assigned_secret_ok(data[value_start:value_end], data, value_end):
                 yield value_start, value_end
+
+
+# The first two characters of _KNOWN_TOKEN's prefixes: a set lookup rejects most runs.
+_KNOWN_HEADS = frozenset(b"sk gh gi gl xo AK AS AI rk hf ek".split())
+
+
+def _known_spans(token: bytes, offset: int) -> Iterator[Span]:
+    """Known-prefix tokens in one run (``token`` starts at ``offset`` in the text).
+
+    A token starts the run or follows "=" or "/" in it ("KEY=sk-...", ".../xoxb-...").
+    """
+    pieces = token.replace(b"=", b"/").split(b"/") if b"=" in token or b"/" in token else [token]
+    position = 0
+    for piece in pieces:
+        if piece[:2] in _KNOWN_HEADS:
+            match = _KNOWN_TOKEN.match(token, position)
+            if match and _known_token_ok(match):
+                yield offset + match.start(), offset + match.end()
+        position += len(piece) + 1
 
 
 class ApiKeyDetector(_BuiltinDetector):
@@ -888,28 +913,25 @@ class ApiKeyDetector(_BuiltinDetector):
                 if url and _url_password_ok(url.group(1)):
                     known.append(url.span(1))
         runs = scan.token_runs()
-        if not runs:
-            yield from known
-            return
+        mixed_case: list[Span] = []  # only these can pass the generic rule
         for start, end in runs:
-            if data.startswith(b"eyJ", start):  # a JWT's header is a run of its own
+            token = data[start:end]
+            if token.startswith(b"eyJ"):  # a JWT's header is a run of its own
                 jwt = _JWT.match(data, start)
                 if jwt:
                     known.append(jwt.span())
                     continue
-            # A token starts the run or follows "=" or "/" in it ("KEY=sk-...", ".../xoxb-...").
-            starts = [start] + [m.end() for m in _TOKEN_BREAK.finditer(data, start, end - 16)]
-            for position in starts:
-                match = _KNOWN_TOKEN.match(data, position, end)
-                if match and _known_token_ok(match):
-                    known.append(match.span())
-        for start, end in _merge(((start - 48, end) for start, end in runs), len(data)):
-            known.extend(_context_spans(data, start, end))
+            known.extend(_known_spans(token, start))
+            if len(token) >= _GENERIC_MIN and not token.islower() and not token.isupper():
+                mixed_case.append((start, end))
+        if runs:
+            known.extend(_context_spans(data, runs))
         yield from known
-        taken = _union(known + PRIVATE_KEY.spans(scan))
-        for run in runs:
-            if not _overlaps(run, taken):
-                yield from _generic_candidates(data, *run)
+        if mixed_case:
+            taken = _union(known + PRIVATE_KEY.spans(scan))
+            for run in mixed_case:
+                if not _overlaps(run, taken):
+                    yield from _generic_candidates(data, *run)
 
 
 # --- the set -------------------------------------------------------------------------------
