@@ -157,6 +157,8 @@ def test_no_eligible_provider_is_a_403_and_nothing_is_sent(
     assert error["type"] == "policy_error"
     assert error["code"] == "no_eligible_provider"
     assert "'secret'" in error["message"] and "cleared only up to" in error["message"]
+    assert response.headers["x-enclave-classification"] == "secret"
+    assert response.headers["x-enclave-provider"] == "none"
     assert hits(mocks) == {"cloud": 0, "sovereign": 0, "onprem": 0}
 
 

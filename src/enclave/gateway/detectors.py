@@ -40,22 +40,24 @@ False-positive choices worth knowing (each has a test):
   :func:`looks_random`) flags a token of 24 to 1024 characters of
   ``[A-Za-z0-9+/_=-]`` only when it mixes upper case, lower case and digits
   and has Shannon entropy of at least 0.8 * log2(length) bits per character.
-  It must also not be hex (git SHAs, UUIDs), not be made of words (CamelCase
-  class names such as ``Qwen2_5OmniPreTrainedModel``: letter chunks average
-  under 3 characters), not be base64 of printable text, and not be a path or
-  a model id, which are judged piece by piece. The thresholds were tuned on
-  ~350,000 long tokens from the Python sources and docs of this project's
-  dependencies (253 MB: 39 generic hits left, nearly all random ids such as
-  Google Docs ids in URLs). The rule keeps ~93% of random 24-character and
-  ~99% of random 64-character base62 tokens. All-lower-case and hex secrets
-  count only with a prefix or a keyword.
+  It must also not be hex (git SHAs, UUIDs), not be made of words (its letter
+  chunks, split at case changes, must average under 3 characters, which
+  CamelCase names such as ``Qwen2_5OmniPreTrainedModel`` fail), not be base64
+  of printable text, and not be a path or a model id, which are judged piece
+  by piece. The thresholds were tuned on ~350,000 long tokens from the Python
+  sources and docs of this project's dependencies: in those 253 MB ``api_key``
+  counts 39 values, nearly all random ids (Google Docs ids in URLs) or
+  documentation examples. The rule keeps ~93% of random 24-character and ~99%
+  of random 64-character base62 tokens. All-lower-case and hex secrets count
+  only with a prefix or a keyword.
 - ``phone`` accepts ``+CC`` numbers with 8 to 15 digits, ``00CC`` numbers
   written with separators, NANP numbers written with separators
   (``(555) 123-4567``) and national numbers with a trunk ``0`` and 9 to 12
   digits in groups of two or more (``070-123 45 67``, ``020 7946 0958``). An
   unseparated national number must be a 10- or 11-digit ``07`` mobile. Dates,
   amounts, IP addresses, versions and timestamps fail these shapes; a bare
-  ``+2147483647`` does not.
+  ``+2147483647`` does not. Numbers listed with only single spaces between
+  them run together and are not counted.
 - ``payment_card`` on an unseparated 13-19 digit run with a card prefix
   passes Luhn one time in ten, so long numeric constants in code or data
   sometimes count (16 in the 253 MB above).
@@ -128,13 +130,14 @@ def luhn_check_digit(payload: str) -> str:
 IBAN_LENGTHS: dict[str, int] = {
     "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
     "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28,
-    "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23,
-    "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26,
-    "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20,
-    "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30,
-    "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22,
-    "RU": 33, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
-    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+    "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22,
+    "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HN": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23,
+    "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21,
+    "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MN": 20,
+    "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24, "PL": 28,
+    "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31, "SD": 18,
+    "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28, "TL": 23, "TN": 24,
+    "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
 }  # fmt: skip
 
 

@@ -107,6 +107,10 @@ def request_texts(body: dict[str, Any]) -> Iterator[str]:
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 yield function["arguments"]
+    for tool in body.get("tools") or ():
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("description"), str):
+            yield function["description"]
     for key in ("prompt", "input"):
         value = body.get(key)
         if isinstance(value, str):
@@ -155,6 +159,18 @@ class _Ledger:
     def overhead_ms(self) -> float:
         elapsed = time.perf_counter() - self.call.received
         return max(0.0, (elapsed - self.upstream_seconds) * 1000)
+
+    def partial_headers(self) -> dict[str, str]:
+        """The gateway headers for an error: whatever was decided before it."""
+        headers = {
+            "x-enclave-provider": self.target.provider if self.target else "none",
+            "x-enclave-overhead-ms": f"{self.overhead_ms():.3f}",
+        }
+        if self.target is not None:
+            headers["x-enclave-model"] = self.target.model
+        if self.decision is not None:
+            headers["x-enclave-classification"] = self.decision.level
+        return headers
 
     def headers(self) -> dict[str, str]:
         assert self.target is not None and self.decision is not None
@@ -283,6 +299,7 @@ class Gateway:
         try:
             return await self._handle(call, ledger, policy)
         except EnclaveError as error:
+            error.headers = {**error.headers, **ledger.partial_headers()}
             outcome = (
                 "denied"
                 if isinstance(error, PolicyDenied)
