@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,17 @@ class ScriptedApp:
 
     def auth(self, key: str = ADMIN_KEY) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def enclave_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ENCLAVE_HOME in the environment, with every other ENCLAVE_* variable unset."""
+    for name in list(os.environ):
+        if name.startswith("ENCLAVE_"):
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    monkeypatch.setenv("ENCLAVE_HOME", str(home))
+    return home
 
 
 @pytest.fixture

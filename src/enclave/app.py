@@ -152,7 +152,7 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
             metrics=metrics,
             metrics_token=metrics_token,
         )
-        log.info("models ready: %s", ", ".join(card.id for card in model_registry.cards()))
+        log.info("models ready: %s", ", ".join(gateway.routing.targets))
         try:
             yield
         finally:

@@ -1,10 +1,10 @@
-"""The inference service: what ``/v1`` routes call to generate and embed.
+"""The inference service: generation and embeddings on the embedded providers.
 
-It resolves the model, checks it can do what is asked, admits the request to
-its provider, and wraps the resulting stream so that time to first token and
-token counts reach the metrics whether the client reads to the end or leaves.
-The gateway (:mod:`enclave.gateway.service`) routes by classification and
-passes the chosen local provider in as ``target``.
+The gateway (:mod:`enclave.gateway.service`) routes a request by
+classification and passes the chosen local provider and model in. This layer
+admits the request to it and wraps the resulting stream so that time to first
+token and token counts reach the metrics whether the client reads to the end
+or leaves.
 """
 
 from __future__ import annotations
@@ -72,46 +72,26 @@ class InferenceService:
         self.registry = registry
         self.metrics = metrics
 
-    def list_models(self) -> list[ModelCard]:
-        return self.registry.cards()
-
-    def get_model(self, model: str) -> ModelCard:
-        return self.registry.resolve(model)[1]
-
     async def generate(
-        self, request: GenerationRequest, *, target: tuple[Provider, ModelCard] | None = None
+        self, request: GenerationRequest, provider: Provider, card: ModelCard
     ) -> Generation:
-        """Admit a chat (``messages``) or text (``prompt``) generation.
+        """Admit a chat (``messages``) or text (``prompt``) generation on ``provider``.
 
-        ``target`` is the provider and model the gateway routed to; without it
-        the model is looked up by name.
+        The gateway has already routed the request and checked the capability.
         """
-        provider, card = target or self.registry.resolve(request.model)
-        wants_chat = request.prompt is None
-        if wants_chat and not card.capabilities.chat:
-            raise InvalidRequest(f"The model '{card.id}' is not a chat model.", param="model")
-        if not wants_chat and not card.capabilities.completion:
-            raise InvalidRequest(
-                f"The model '{card.id}' does not support text completions.", param="model"
-            )
         admitted = time.monotonic()
         stream = await provider.generate(replace(request, model=card.id))
         return Generation(stream, card, self.metrics, admitted)
 
     async def embed(
         self,
-        model: str,
         inputs: Sequence[str],
+        provider: Provider,
+        card: ModelCard,
         *,
         dimensions: int | None = None,
-        target: tuple[Provider, ModelCard] | None = None,
-    ) -> tuple[ModelCard, EmbeddingResult]:
-        """Embed ``inputs``; ``dimensions``, if given, must be the model's own."""
-        provider, card = target or self.registry.resolve(model)
-        if not card.capabilities.embeddings:
-            raise InvalidRequest(
-                f"The model '{card.id}' does not produce embeddings.", param="model"
-            )
+    ) -> EmbeddingResult:
+        """Embed ``inputs`` on ``provider``; ``dimensions``, if given, must be the model's own."""
         native = card.capabilities.embedding_dimensions
         if dimensions is not None and dimensions != native:
             raise InvalidRequest(
@@ -120,7 +100,7 @@ class InferenceService:
             )
         result = await provider.embed(card.id, inputs)
         self.metrics.tokens.labels(card.id, "in").inc(result.prompt_tokens)
-        return card, result
+        return result
 
     async def provider_status(self) -> list[dict[str, Any]]:
         """Health, models and backend state of every provider."""

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -39,14 +40,21 @@ NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$"
 
 
 def _check_secret_reference(value: str) -> str:
+    """Accept an ``env:``/``file:`` reference that resolves; refuse literals."""
     if not (value.startswith("env:") or value.startswith("file:")) or len(value) < 5:
         raise ValueError(
             "secrets must be references such as 'env:NAME' or 'file:/path', never literals"
         )
+    try:
+        resolve_secret(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
     return value
 
 
-SecretReference = Annotated[str, Field(description="env:NAME or file:/path")]
+SecretReference = Annotated[
+    str, AfterValidator(_check_secret_reference), Field(description="env:NAME or file:/path")
+]
 
 
 def resolve_secret(reference: str) -> str:
@@ -166,12 +174,6 @@ class ProviderConfig(StrictModel):
                 raise ValueError("an 'openai' provider needs base_url: http(s)://host/v1")
             if any(model.path for model in self.models):
                 raise ValueError("models of an 'openai' provider take no path")
-            if self.api_key is not None:
-                _check_secret_reference(self.api_key)
-                try:
-                    resolve_secret(self.api_key)
-                except ConfigError as exc:
-                    raise ValueError(str(exc)) from None
         return self
 
     @property
@@ -311,28 +313,13 @@ class Settings(BaseSettings):
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
 
-    @field_validator("metrics_token")
-    @classmethod
-    def _metrics_token_resolves(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        _check_secret_reference(value)
-        try:
-            resolve_secret(value)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        return value
-
     @field_validator("database_url")
     @classmethod
     def _database_url_hides_password(cls, value: str | None) -> str | None:
-        if value is None or value.startswith(("env:", "file:")):
-            if value is not None:
-                try:
-                    resolve_secret(value)
-                except ConfigError as exc:
-                    raise ValueError(str(exc)) from None
-            return value
+        if value is None:
+            return None
+        if value.startswith(("env:", "file:")):
+            return _check_secret_reference(value)
         if _url_password(value):
             raise ValueError(
                 "the URL contains a password; give it as a reference instead, "

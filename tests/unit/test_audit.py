@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -395,12 +394,8 @@ def test_close_gives_up_on_a_dead_database_and_says_how_much_was_lost(
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in list(os.environ):
-        if name.startswith("ENCLAVE_"):
-            monkeypatch.delenv(name)
-    home = tmp_path / "home"
-    monkeypatch.setenv("ENCLAVE_HOME", str(home))
+def home(enclave_home: Path) -> Path:
+    home = enclave_home
     return home
 
 

@@ -74,6 +74,9 @@ class FakeProvider:
         self.name = name
         self._models = models
 
+    def is_busy(self) -> bool:
+        return False
+
     def models(self) -> list[ModelCard]:
         return [ModelCard(m, self.name, Capabilities(chat=True)) for m in self._models]
 

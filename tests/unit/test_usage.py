@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 from collections import Counter
@@ -186,12 +185,8 @@ def test_recording_survives_a_transient_database_error(
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in list(os.environ):
-        if name.startswith("ENCLAVE_"):
-            monkeypatch.delenv(name)
-    home = tmp_path / "home"
-    monkeypatch.setenv("ENCLAVE_HOME", str(home))
+def home(enclave_home: Path) -> Path:
+    home = enclave_home
     settings = load_settings()
     engine, sessions = open_database(settings.resolved_database_url)
     ledger = UsageLedger(sessions)

@@ -123,20 +123,7 @@ def usage(
     if as_json:
         typer.echo(
             json.dumps(
-                [
-                    {
-                        "day": line.day.isoformat(),
-                        "workspace": line.workspace,
-                        "key_id": line.key_id,
-                        "provider": line.provider,
-                        "model": line.model,
-                        "requests": line.requests,
-                        "prompt_tokens": line.prompt_tokens,
-                        "completion_tokens": line.completion_tokens,
-                        "total_tokens": line.total_tokens,
-                    }
-                    for line in lines
-                ],
+                [line.as_dict() for line in lines],
                 indent=2,
             )
         )

@@ -191,14 +191,8 @@ class RoutingTable:
             level,
             self.levels,
             is_down=lambda provider: self.breakers[provider].is_down(),
-            is_busy=self._busy,
+            is_busy=lambda provider: self.providers[provider].is_busy(),
         )
-
-    def _busy(self, provider: str) -> bool:
-        backend = self.providers[provider]
-        limit = getattr(getattr(backend, "config", None), "max_concurrency", None)
-        in_flight = getattr(backend, "in_flight", None)
-        return limit is not None and in_flight is not None and in_flight >= limit
 
     def model_ids(self) -> list[tuple[str, str]]:
         """(id, owner) for /v1/models: every bare model name once, then the aliases."""

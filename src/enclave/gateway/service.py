@@ -141,6 +141,7 @@ class _Ledger:
         "reservation",
         "response_text",
         "target",
+        "texts",
         "upstream_seconds",
     )
 
@@ -148,6 +149,7 @@ class _Ledger:
         self.gateway = gateway
         self.call = call
         self.policy = policy
+        self.texts = list(request_texts(call.body))  # scanned, estimated, maybe audited
         self.decision: Decision | None = None
         self.reservation: Reservation | None = None
         self.target: Target | None = None
@@ -225,7 +227,7 @@ class _Ledger:
                 latency_ms=round((time.perf_counter() - call.received) * 1000, 3),
                 error_code=error.code if error else None,
                 findings=tuple((f.type, f.count) for f in decision.findings) if decision else (),
-                prompt_text="\n".join(request_texts(call.body)) if keep_text else None,
+                prompt_text="\n".join(self.texts) if keep_text else None,
                 response_text=self.response_text if keep_text else None,
             )
         )
@@ -319,7 +321,7 @@ class Gateway:
             workspace=call.principal.workspace,
             floor=policy.classification or self.routing.levels.lowest,
             header=call.classification_header,
-            texts=request_texts(call.body),
+            texts=ledger.texts,
         )
         for finding in decision.findings:
             self.metrics.detector_findings.labels(finding.type).inc()
@@ -329,7 +331,9 @@ class Gateway:
             raise self._denied(requested, decision, plan.excluded)
         subjects = self.subjects(call.principal)
         if subjects:
-            ledger.reservation = await self.limiter.admit(subjects, self._estimate(call))
+            ledger.reservation = await self.limiter.admit(
+                subjects, self._estimate(call, ledger.texts)
+            )
         failures: list[str] = []
         errors: list[EnclaveError] = []
         for target in plan.routes:
@@ -371,8 +375,8 @@ class Gateway:
         )
 
     @staticmethod
-    def _estimate(call: Call) -> int:
-        chars = sum(len(text) for text in request_texts(call.body))
+    def _estimate(call: Call, texts: list[str]) -> int:
+        chars = sum(len(text) for text in texts)
         limit = call.body.get("max_completion_tokens") or call.body.get("max_tokens") or 0
         return chars // 4 + (limit if isinstance(limit, int) else 0)
 
@@ -445,8 +449,8 @@ class Gateway:
         tenant = call.principal.tenant
         wire = call.wire
         if isinstance(wire, EmbeddingRequest):
-            card, result = await self.inference.embed(
-                target.model, wire.inputs(), dimensions=wire.dimensions, target=(provider, card)
+            result = await self.inference.embed(
+                wire.inputs(), provider, card, dimensions=wire.dimensions
             )
             ledger.prompt_tokens = result.prompt_tokens
             body = orjson.dumps(responses.embeddings_body(card.id, result, wire.encoding_format))
@@ -455,18 +459,14 @@ class Gateway:
             return Answer(200, headers, body=body)
         if isinstance(wire, ChatCompletionRequest):
             generations = [
-                await self.inference.generate(
-                    wire.to_generation_request(tenant), target=(provider, card)
-                )
+                await self.inference.generate(wire.to_generation_request(tenant), provider, card)
             ]
         else:
             generations = []
             try:
                 for prompt in wire.prompts():
                     request = wire.to_generation_request(prompt, tenant)
-                    generations.append(
-                        await self.inference.generate(request, target=(provider, card))
-                    )
+                    generations.append(await self.inference.generate(request, provider, card))
             except BaseException:
                 for generation in generations:
                     await generation.aclose()
@@ -554,21 +554,16 @@ class _StreamRelay:
         self.deltas = 0
 
     def _filter(self, data: bytes) -> bytes:
-        """Return what to forward now; keeps an incomplete trailing event back."""
-        if b"usage" not in data and not self.pending:
-            # Fast path: nothing to inspect; still track event boundaries.
-            self.deltas += data.count(b"data: ")
-            if data.endswith(b"\n\n"):
-                self.done = self.done or b"data: [DONE]" in data
-                return data
-        buffer = self.pending + data
-        cut = buffer.rfind(b"\n\n")
-        if cut < 0:
-            self.pending = buffer
+        """Return the complete events in ``data``; an incomplete trailing one waits."""
+        if self.pending:
+            data, self.pending = self.pending + data, b""
+        cut = data.rfind(b"\n\n") + 2
+        if cut == 1:  # no event boundary yet
+            self.pending = data
             return b""
-        complete, self.pending = buffer[: cut + 2], buffer[cut + 2 :]
-        if b"usage" not in complete:
-            self.deltas += complete.count(b"data: ")
+        complete, self.pending = data[:cut], data[cut:]
+        if b'"usage"' not in complete:  # the common case: forward as is
+            self.deltas += complete.count(b"data: {")
             self.done = self.done or b"data: [DONE]" in complete
             return complete
         kept = []

@@ -59,6 +59,20 @@ class UsageLine:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form used by ``GET /api/usage`` and ``enclave usage --json``."""
+        return {
+            "day": self.day.isoformat(),
+            "workspace": self.workspace,
+            "key_id": self.key_id,
+            "provider": self.provider,
+            "model": self.model,
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
 
 def _as_utc(value: datetime) -> datetime:
     # A naive time is taken as UTC rather than failing the batch it is in.

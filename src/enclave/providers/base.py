@@ -189,6 +189,10 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def health(self) -> Health: ...
 
+    def is_busy(self) -> bool:
+        """True when the provider is at capacity, so idle ones should be tried first."""
+        return False
+
     def describe(self) -> dict[str, Any]:
         """Backend-specific state for operators (slots, load, counters)."""
         return {}

@@ -138,6 +138,9 @@ class OpenAIUpstream(Provider):
         reply.close()
         raise UpstreamUnavailable(f"Provider '{self.name}' answered HTTP {response.status}.")
 
+    def is_busy(self) -> bool:
+        return self.in_flight >= self.config.max_concurrency
+
     async def health(self) -> Health:
         if self._session is None:
             return Health(ok=False, detail="not started")

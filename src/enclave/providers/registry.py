@@ -1,9 +1,9 @@
-"""Which provider serves which model id.
+"""The configured providers and their lifecycle.
 
 Built from ``settings.providers``: each entry's ``type`` picks the backend
 module through :data:`PROVIDER_TYPES`, the same way a third-party backend
-would be registered. Clients may name a model bare (``smollm2-135m``),
-qualified by provider (``local/smollm2-135m``), or as ``default``.
+would be registered. Which provider serves a requested model id is decided
+by :class:`enclave.gateway.routing.RoutingTable`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from enclave.errors import ConfigError, ModelNotFound
-from enclave.providers.base import ModelCard, Provider
+from enclave.errors import ConfigError
+from enclave.providers.base import Provider
 from enclave.providers.builtin import resolve_model_path
 from enclave.settings import ProviderConfig, Settings
 
@@ -60,12 +60,11 @@ def check_model_files(settings: Settings) -> list[str]:
 
 
 class ModelRegistry:
-    """Owns the providers' lifecycle and resolves model ids to them."""
+    """Owns the providers' lifecycle. Model ids are resolved by the gateway's routing table."""
 
     def __init__(self, providers: list[Provider], default_model: str) -> None:
         self.providers = providers
         self.default_model = default_model
-        self._by_model: dict[str, tuple[Provider, ModelCard]] = {}
         self.started = False
 
     @classmethod
@@ -76,29 +75,7 @@ class ModelRegistry:
     async def start(self) -> None:
         for provider in self.providers:
             await provider.start()
-        self._index()
         self.started = True
 
     async def close(self) -> None:
         await asyncio.gather(*(provider.close() for provider in self.providers))
-
-    def _index(self) -> None:
-        self._by_model.clear()
-        for provider in self.providers:
-            for card in provider.models():
-                self._by_model.setdefault(card.id, (provider, card))
-                self._by_model[f"{provider.name}/{card.id}"] = (provider, card)
-
-    def cards(self) -> list[ModelCard]:
-        seen: dict[str, ModelCard] = {}
-        for _provider, card in self._by_model.values():
-            seen.setdefault(card.id, card)
-        return list(seen.values())
-
-    def resolve(self, model: str) -> tuple[Provider, ModelCard]:
-        """Return the provider and card for a client's model id, or raise 404."""
-        name = self.default_model if model == "default" else model
-        try:
-            return self._by_model[name]
-        except KeyError:
-            raise ModelNotFound(model) from None

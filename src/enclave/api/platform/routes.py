@@ -49,21 +49,7 @@ async def usage(
     lines = await asyncio.to_thread(
         svc.gateway.usage.report, since=since, until=until, workspace=workspace, key_id=key_id
     )
-    data = [
-        {
-            "day": line.day.isoformat(),
-            "workspace": line.workspace,
-            "key_id": line.key_id,
-            "provider": line.provider,
-            "model": line.model,
-            "requests": line.requests,
-            "prompt_tokens": line.prompt_tokens,
-            "completion_tokens": line.completion_tokens,
-            "total_tokens": line.total_tokens,
-        }
-        for line in lines
-    ]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [line.as_dict() for line in lines]}
 
 
 @admin.get("/keys", summary="List API keys")
