@@ -41,6 +41,7 @@ format: install
 bench: install
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/knowledge.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

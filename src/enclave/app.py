@@ -15,15 +15,18 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
 
 from enclave import __version__
 from enclave.api import health
 from enclave.api.deps import Services
 from enclave.api.errors import install_error_handlers
+from enclave.api.knowledge import routes as knowledge_routes
 from enclave.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from enclave.api.openai import routes as openai_routes
 from enclave.api.platform import routes as platform_routes
 from enclave.auth.keys import KeyService
+from enclave.errors import ConfigError, EnclaveError
 from enclave.gateway.audit import AuditLog, audit_head_path
 from enclave.gateway.classification import Classifier, Levels
 from enclave.gateway.detectors import DetectorSet
@@ -32,6 +35,10 @@ from enclave.gateway.routing import RoutingTable
 from enclave.gateway.service import Gateway
 from enclave.gateway.usage import UsageLedger
 from enclave.inference import InferenceService
+from enclave.knowledge.grounding import GroundedChat
+from enclave.knowledge.jobs import IngestionWorker
+from enclave.knowledge.service import Embedder, KnowledgeService
+from enclave.knowledge.store import open_store
 from enclave.metrics import Metrics
 from enclave.providers.registry import ModelRegistry
 from enclave.settings import Settings, resolve_secret
@@ -92,6 +99,39 @@ async def seed_budgets(limiter: Limiter, usage: UsageLedger, settings: Settings)
                 await limiter.seed_budget(kind, subject, tokens)
 
 
+def start_knowledge(services: Services, sessions: sessionmaker[Session]) -> None:
+    """Open the chunk store and start the ingestion worker, if an embedding model is served.
+
+    Without one the server still runs; knowledge routes answer 503 with the reason.
+    """
+    settings = services.settings
+    embedder = Embedder(
+        services.gateway.routing, services.inference, settings.knowledge.embedding_model
+    )
+    try:
+        dimension = embedder.dimension
+    except EnclaveError as exc:
+        services.knowledge_problem = exc.message
+        log.warning("knowledge is off: %s", exc.message)
+        return
+    try:
+        store = open_store(settings.resolved_database_url, dimension)
+    except ValueError as exc:  # e.g. the embedding model's dimension changed
+        raise ConfigError(f"knowledge: {exc}") from None
+    knowledge = KnowledgeService(
+        sessions=sessions,
+        store=store,
+        embedder=embedder,
+        levels=services.gateway.routing.levels,
+        config=settings.knowledge,
+        blob_dir=settings.home / "knowledge" / "uploads",
+    )
+    worker = IngestionWorker(knowledge, settings.knowledge.url_fetch)
+    worker.start()
+    services.knowledge, services.ingestion = knowledge, worker
+    services.grounding = GroundedChat(knowledge, services.gateway, settings.knowledge)
+
+
 def announce_admin_key(secret: str) -> None:
     # Printed to the terminal once, deliberately not logged.
     print(
@@ -143,7 +183,7 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
             inference=inference,
             metrics=metrics,
         )
-        app.state.services = Services(
+        services = app.state.services = Services(
             settings=settings,
             keys=keys,
             registry=model_registry,
@@ -152,10 +192,15 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
             metrics=metrics,
             metrics_token=metrics_token,
         )
+        start_knowledge(services, sessions)
         log.info("models ready: %s", ", ".join(gateway.routing.targets))
         try:
             yield
         finally:
+            if services.ingestion is not None:
+                await services.ingestion.close()
+            if services.knowledge is not None:
+                services.knowledge.store.close()
             await model_registry.close()
             await limiter.close()
             usage.close()
@@ -177,7 +222,13 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     app.router.routes.extend(openai_routes.routes)
     app.include_router(platform_routes.router)
     app.include_router(platform_routes.admin)
+    app.include_router(knowledge_routes.router)
     app.add_middleware(openai_routes.GatewayFastPath, fastapi_app=app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    upload_limit = settings.knowledge.max_document_bytes + 1024 * 1024  # + multipart framing
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        larger=[(knowledge_routes.UPLOAD_PATH, max(upload_limit, settings.max_body_bytes))],
+    )
     return app

@@ -88,6 +88,12 @@ class ModelNotFound(NotFound):
         )
 
 
+class Conflict(EnclaveError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
+
+
 class PayloadTooLarge(EnclaveError):
     status_code = 413
     error_type = "invalid_request_error"

@@ -218,6 +218,52 @@ class RunnerConfig(StrictModel):
     n_batch: int = Field(512, ge=8, le=8192, description="Prompt tokens evaluated per batch.")
 
 
+URL_SCHEMES: tuple[Literal["http", "https"], ...] = ("http", "https")
+
+
+class UrlFetchConfig(StrictModel):
+    """How ``enclave knowledge add URL`` fetches pages (guarded against SSRF)."""
+
+    timeout_s: float = Field(20.0, gt=0, le=600, description="Whole-fetch timeout.")
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest response body fetched.")
+    schemes: list[Literal["http", "https"]] = Field(
+        default_factory=lambda: list(URL_SCHEMES), min_length=1, description="Allowed schemes."
+    )
+    allow_private: bool = Field(
+        False,
+        description="Allow loopback, link-local and private addresses (off: SSRF guard).",
+    )
+    max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed, each re-checked.")
+
+
+class KnowledgeConfig(StrictModel):
+    """Ingestion, retrieval and grounded answers (``knowledge:``)."""
+
+    embedding_model: str = Field(
+        "all-minilm-l6-v2",
+        description="Embedding model ('provider/model' or name) of every knowledge base.",
+    )
+    chunk_tokens: int = Field(220, ge=32, le=2048, description="Token budget of a chunk.")
+    chunk_overlap: int = Field(40, ge=0, le=512, description="Tokens shared by adjacent chunks.")
+    embed_batch: int = Field(32, ge=1, le=1024, description="Chunks embedded per batch.")
+    max_document_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Largest document accepted (uploads and URLs)."
+    )
+    top_k: int = Field(5, ge=1, le=50, description="Passages given to a grounded answer.")
+    threshold: float = Field(
+        0.3,
+        ge=-1.0,
+        le=1.0,
+        description="Minimum cosine similarity of a passage to the query; below it, nothing.",
+    )
+    abstain_message: str = Field(
+        "I can't find this in the knowledge base.",
+        min_length=1,
+        description="The answer when nothing relevant is found.",
+    )
+    url_fetch: UrlFetchConfig = Field(default_factory=UrlFetchConfig)
+
+
 def default_providers() -> list[ProviderConfig]:
     return [
         ProviderConfig(
@@ -293,6 +339,7 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Alias -> 'provider/model' targets in preference order.",
     )
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     # After providers, so that its validator can see them.
     default_model: str = Field(
         "smollm2-135m", description="Model used when a request names the model 'default'."
@@ -376,6 +423,20 @@ class Settings(BaseSettings):
                         f"'{target}' is not a configured provider/model "
                         f"(known: {', '.join(sorted(qualified))})",
                     )
+        knowledge = self.knowledge
+        if knowledge.chunk_overlap >= knowledge.chunk_tokens:
+            raise FieldProblem(
+                ("knowledge", "chunk_overlap"), "must be smaller than knowledge.chunk_tokens"
+            )
+        # The default is only checked at use: a deployment without an embedding
+        # model simply has no knowledge features.
+        explicit = "embedding_model" in knowledge.model_fields_set
+        if explicit and knowledge.embedding_model not in bare | qualified:
+            raise FieldProblem(
+                ("knowledge", "embedding_model"),
+                f"'{knowledge.embedding_model}' is not a configured model "
+                f"(known: {', '.join(sorted(bare))})",
+            )
         if self.default_model not in bare | qualified | set(self.aliases):
             known = ", ".join(sorted(bare | set(self.aliases))) or "none"
             raise FieldProblem(

@@ -142,7 +142,7 @@ def test_platform_errors_use_the_platform_shape(scripted: ScriptedApp) -> None:
 
 def test_models_and_default_alias(scripted: ScriptedApp) -> None:
     listed = scripted.client.get("/v1/models", headers=scripted.auth()).json()
-    assert {m["id"] for m in listed["data"]} == {"scripted", "scripted-embed"}
+    assert {m["id"] for m in listed["data"]} == {"scripted", "scripted-embed", "scripted-words"}
     one = scripted.client.get("/v1/models/scripted/scripted", headers=scripted.auth()).json()
     assert one["id"] == "scripted" and one["owned_by"] == "scripted"
     response = scripted.client.post(

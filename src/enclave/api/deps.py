@@ -15,9 +15,12 @@ from fastapi import Depends, Request
 
 from enclave.auth.keys import KeyService
 from enclave.auth.principals import Principal
-from enclave.errors import AuthenticationFailed, PermissionDenied
+from enclave.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 from enclave.gateway.service import Gateway
 from enclave.inference import InferenceService
+from enclave.knowledge.grounding import GroundedChat
+from enclave.knowledge.jobs import IngestionWorker
+from enclave.knowledge.service import KnowledgeService
 from enclave.metrics import Metrics
 from enclave.providers.registry import ModelRegistry
 from enclave.settings import Settings
@@ -35,6 +38,21 @@ class Services:
     metrics: Metrics
     metrics_token: str | None = None
     started: int = field(default_factory=lambda: int(time.time()))
+    # None when no embedding model is configured; `knowledge_problem` says why.
+    knowledge: KnowledgeService | None = None
+    grounding: GroundedChat | None = None
+    ingestion: IngestionWorker | None = None
+    knowledge_problem: str = "Knowledge is not available."
+
+    def require_knowledge(self) -> KnowledgeService:
+        if self.knowledge is None:
+            raise ServiceUnavailable(self.knowledge_problem, code="knowledge_unavailable")
+        return self.knowledge
+
+    def require_grounding(self) -> GroundedChat:
+        if self.grounding is None:
+            raise ServiceUnavailable(self.knowledge_problem, code="knowledge_unavailable")
+        return self.grounding
 
 
 def services(request: Request) -> Services:

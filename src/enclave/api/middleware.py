@@ -7,7 +7,9 @@ untouched and the per-request cost stays in the microseconds.
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -19,19 +21,33 @@ from enclave.metrics import Metrics
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with 413, by header or while reading."""
+    """Refuse bodies over ``max_bytes`` with 413, by header or while reading.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``larger`` gives some paths (document uploads) a limit of their own.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        larger: Sequence[tuple[re.Pattern[str], int]] = (),
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.larger = tuple(larger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.default_max_bytes
+        for pattern, bytes_allowed in self.larger:
+            if pattern.match(scope["path"]):
+                limit = bytes_allowed
+                break
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, send, limit)
             return
         received = 0
 
@@ -40,19 +56,21 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # FastAPI re-raises HTTPException from body reading; the
                     # error translator renders it as PayloadTooLarge.
-                    raise HTTPException(413, self._message())
+                    raise HTTPException(413, self._message(limit))
             return message
 
         await self.app(scope, limited_receive, send)
 
-    def _message(self) -> str:
-        return f"The request body is larger than the limit of {self.max_bytes} bytes."
+    @staticmethod
+    def _message(limit: int) -> str:
+        return f"The request body is larger than the limit of {limit} bytes."
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        body = json.dumps(error_body(PayloadTooLarge(self._message()), scope["path"])).encode()
+    async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
+        message = self._message(limit)
+        body = json.dumps(error_body(PayloadTooLarge(message), scope["path"])).encode()
         await send(
             {
                 "type": "http.response.start",

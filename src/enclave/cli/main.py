@@ -5,13 +5,14 @@ from __future__ import annotations
 import typer
 
 from enclave import __version__
-from enclave.cli import audit, config, keys, providers, serve, usage
+from enclave.cli import audit, config, keys, knowledge, providers, serve, usage
 
 app = typer.Typer(
     name="enclave",
     help=(
         "Enclave: a sovereign, self-hosted AI platform behind one OpenAI-compatible API.\n\n"
-        "Start the server with `enclave serve`; manage API keys with `enclave keys`."
+        "Start the server with `enclave serve`; manage API keys with `enclave keys`; "
+        "ground answers in your documents with `enclave knowledge`."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -23,6 +24,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(providers.app, name="providers")
 app.add_typer(audit.app, name="audit")
 app.add_typer(usage.app, name="usage")
+app.add_typer(knowledge.app, name="knowledge")
 
 
 @app.command()

@@ -3,56 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import urllib.error
-import urllib.request
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from enclave.cli.common import ConfigOption, settings_or_exit
+from enclave.cli.client import ApiClient, KeyOption, UrlOption, server
+from enclave.cli.common import ConfigOption
 
 app = typer.Typer(help="Show the providers of a running server.", no_args_is_help=True)
-
-UrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--url",
-        help="Server base URL (default: $ENCLAVE_URL, else the configured host and port).",
-        show_default=False,
-    ),
-]
-KeyOption = Annotated[
-    str | None,
-    typer.Option("--key", help="API key (default: $ENCLAVE_API_KEY).", show_default=False),
-]
-
-
-def fetch(url: str, key: str, path: str) -> Any:
-    """GET a JSON document from the server, or exit 1 with a clear message."""
-    request = urllib.request.Request(url.rstrip("/") + path)
-    request.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        typer.secho(f"error: {url}{path} answered {exc.code}: {detail}", fg="red", err=True)
-    except (urllib.error.URLError, OSError) as exc:
-        typer.secho(f"error: cannot reach {url}: {exc}", fg="red", err=True)
-    raise typer.Exit(1)
-
-
-def server(config: ConfigOption, url: str | None, key: str | None) -> tuple[str, str]:
-    key = key or os.environ.get("ENCLAVE_API_KEY")
-    if not key:
-        typer.secho("error: give --key or set ENCLAVE_API_KEY", fg="red", err=True)
-        raise typer.Exit(2)
-    url = url or os.environ.get("ENCLAVE_URL")
-    if not url:
-        settings = settings_or_exit(config)
-        url = f"http://{settings.host}:{settings.port}"
-    return url, key
 
 
 @app.command("list")
@@ -67,7 +25,8 @@ def list_providers(
     Example: ENCLAVE_API_KEY=ek-... enclave providers list --url http://127.0.0.1:8080
     """
     base, secret = server(config, url, key)
-    providers = fetch(base, secret, "/api/providers")
+    with ApiClient(base, secret, timeout=10) as client:
+        providers = client.call("GET", "/api/providers")
     if as_json:
         typer.echo(json.dumps(providers, indent=2))
         return

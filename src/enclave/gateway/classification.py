@@ -5,8 +5,8 @@ A request's class is the highest of:
 - the workspace floor (``workspaces[].classification``);
 - the ``X-Enclave-Classification`` header, which can raise the class but
   never lower it;
-- the class of any knowledge used to answer it (:class:`KnowledgeSource`
-  hooks, which the knowledge service registers);
+- the class of every knowledge passage used to answer it (the grounding
+  step passes these in: a document's class, or its base's);
 - what the detectors find in the request's text, each detector mapped to a
   class in ``detectors:``.
 
@@ -17,7 +17,7 @@ Findings carry types and counts only, never the matched values.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from enclave.errors import InvalidRequest
@@ -61,10 +61,6 @@ class Decision:
     findings: tuple[Finding, ...]
 
 
-# A knowledge hook returns (class, reason) for the knowledge a request uses, or None.
-KnowledgeSource = Callable[[str, Sequence[str]], "tuple[str, str] | None"]
-
-
 class Classifier:
     """Computes :class:`Decision` for a request. One per app."""
 
@@ -74,11 +70,6 @@ class Classifier:
         self.levels = levels
         self.detectors = detectors
         self.detector_levels = detector_levels
-        self.knowledge_sources: list[KnowledgeSource] = []
-
-    def add_knowledge_source(self, source: KnowledgeSource) -> None:
-        """Register a hook that reports the class of knowledge a request draws on."""
-        self.knowledge_sources.append(source)
 
     def classify(
         self,
@@ -87,9 +78,13 @@ class Classifier:
         floor: str,
         header: str | None,
         texts: Iterable[str],
-        knowledge: Sequence[str] = (),
+        knowledge: Sequence[tuple[str, str]] = (),
     ) -> Decision:
-        """Combine the floor, header, knowledge hooks and detector findings."""
+        """Combine the floor, header, knowledge classes and detector findings.
+
+        ``knowledge`` holds (class, what) for each source the answer draws on,
+        e.g. ``("confidential", "hr-policies/leave.pdf")``.
+        """
         levels = self.levels
         level = floor
         reasons = [f"workspace '{workspace}' floor: {floor}"]
@@ -102,10 +97,8 @@ class Classifier:
 
         if header is not None:
             consider(levels.parse(header), "header X-Enclave-Classification")
-        for source in self.knowledge_sources:
-            found = source(workspace, knowledge)
-            if found is not None:
-                consider(found[0], f"knowledge {found[1]}")
+        for level, source in knowledge:
+            consider(level, f"knowledge {source}")
         findings = tuple(self.detectors.scan(texts))
         for finding in findings:
             consider(

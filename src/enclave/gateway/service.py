@@ -70,6 +70,8 @@ class Call:
     wire: Wire
     classification_header: str | None
     received: float = field(default_factory=time.perf_counter)
+    # (class, source) of each knowledge passage the request carries (grounding).
+    knowledge: tuple[tuple[str, str], ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -315,14 +317,29 @@ class Gateway:
             await ledger.close("error", 500)
             raise
 
-    async def _handle(self, call: Call, ledger: _Ledger, policy: WorkspaceConfig) -> Answer:
-        requested = str(call.body.get("model", ""))
-        decision = ledger.decision = self.classifier.classify(
+    async def answer_without_model(self, call: Call, outcome: str) -> dict[str, str]:
+        """Classify and audit a call answered in code (an abstention, a disagreement).
+
+        Nothing is sent to a provider. Returns the gateway headers.
+        """
+        policy = self.policy(call.principal.workspace)
+        ledger = _Ledger(self, call, policy)
+        ledger.decision = self._classify(call, ledger, policy)
+        await ledger.close(outcome, 200)
+        return {**ledger.partial_headers(), "x-enclave-model": "none"}
+
+    def _classify(self, call: Call, ledger: _Ledger, policy: WorkspaceConfig) -> Decision:
+        return self.classifier.classify(
             workspace=call.principal.workspace,
             floor=policy.classification or self.routing.levels.lowest,
             header=call.classification_header,
             texts=ledger.texts,
+            knowledge=call.knowledge,
         )
+
+    async def _handle(self, call: Call, ledger: _Ledger, policy: WorkspaceConfig) -> Answer:
+        requested = str(call.body.get("model", ""))
+        decision = ledger.decision = self._classify(call, ledger, policy)
         for finding in decision.findings:
             self.metrics.detector_findings.labels(finding.type).inc()
         targets = self.routing.candidates(requested, call.capability)
@@ -392,6 +409,7 @@ class Gateway:
         self, call: Call, ledger: _Ledger, provider: OpenAIUpstream, target: Target
     ) -> Answer:
         body = dict(call.body)
+        body.pop("enclave", None)  # Enclave's own options never go upstream
         body["model"] = provider.upstream_model(target.model)
         wants_usage = False
         if call.streaming:

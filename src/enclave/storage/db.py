@@ -3,7 +3,9 @@
 ``open_database`` creates the engine for a URL and brings the schema to the
 newest Alembic revision, so a fresh ``ENCLAVE_HOME`` and an old one both start
 on the current schema. SQLite gets WAL mode and a busy timeout so the server
-and the CLI can use the same file at once.
+and the CLI can use the same file at once. It runs on ``pysqlite3`` (a
+SQLite build that can load extensions), the library the knowledge store
+uses for sqlite-vec on the same file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pysqlite3.dbapi2 as sqlite3
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
@@ -42,7 +45,12 @@ def open_database(url: str) -> tuple[Engine, sessionmaker]:
     """Create the engine, migrate it, and return it with a session factory."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, pool_pre_ping=True)
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        # The same SQLite library as the knowledge store (which loads sqlite-vec):
+        # two SQLite copies on one file in one process can corrupt it.
+        options["module"] = sqlite3
+    engine = create_engine(url, **options)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     migrate(engine)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -117,3 +118,74 @@ class UsageRow(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     # Requests folded into this row: a batch stores one row per day, key and model.
     requests: Mapped[int] = mapped_column(Integer, server_default="1")
+
+
+class KnowledgeBaseRow(Base):
+    """A knowledge base of one workspace (``knowledge/service.py``)."""
+
+    __tablename__ = "knowledge_bases"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    classification: Mapped[str] = mapped_column(String(64))
+    # The model that embedded its chunks; queries must use the same one.
+    embedding_model: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+
+
+class KnowledgeDocumentRow(Base):
+    """A document of a knowledge base: its indexed version and its latest job's state."""
+
+    __tablename__ = "knowledge_documents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kb_id: Mapped[int] = mapped_column(ForeignKey("knowledge_bases.id"), index=True)
+    # A file's path as given (e.g. "policies/leave.pdf") or a URL; unique in its base.
+    name: Mapped[str] = mapped_column(String(1024))
+    __table_args__ = (UniqueConstraint("kb_id", "name"),)
+    # Of the indexed version; null until one is indexed.
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    classification: Mapped[str] = mapped_column(String(64))
+    metadata_json: Mapped[str] = mapped_column(Text, default="{}")
+    format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    title: Mapped[str | None] = mapped_column(Text, nullable=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    pages: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    chunks: Mapped[int] = mapped_column(Integer, default=0)
+    # The latest job's state and, when it failed, why.
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    indexed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class IngestionJobRow(Base):
+    """One ingestion of one document version: a durable state machine (``knowledge/jobs.py``).
+
+    queued -> extracting -> embedding -> indexed, or failed with a reason at
+    any step. A server that dies mid-job finds it unfinished at start-up and
+    runs it again from the start; ``attempts`` stops a poisonous document from
+    crashing it forever.
+    """
+
+    __tablename__ = "ingestion_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kb_id: Mapped[int] = mapped_column(ForeignKey("knowledge_bases.id"), index=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("knowledge_documents.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # "upload": the bytes wait in ``blob_path`` (under home); "url": fetched when run.
+    source: Mapped[str] = mapped_column(String(8))
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    blob_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    media_type: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    chunks_done: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -68,8 +70,26 @@ class _ScriptedStream(GenerationStream):
         self.closed = True
 
 
+WORD_DIMENSIONS = 256
+
+
+def word_vector(text: str) -> list[float]:
+    """A bag of hashed, lower-cased words: texts that share words are similar."""
+    vector = [0.0] * WORD_DIMENSIONS
+    for word in re.findall(r"\w+", text.lower()):
+        if len(word) > 2:
+            digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
+            vector[int.from_bytes(digest) % WORD_DIMENSIONS] += 1.0
+    return vector
+
+
 class ScriptedProvider(Provider):
-    """Serves one chat model ``scripted`` and one embedding model ``scripted-embed``."""
+    """Serves a chat model ``scripted`` and two embedding models.
+
+    ``scripted-embed`` gives three numbers per text (its length, 1, 0);
+    ``scripted-words`` a hashed bag of words (:func:`word_vector`), for
+    knowledge tests that need similar texts to be similar without a model.
+    """
 
     def __init__(self, name: str = "scripted", *, script: Script | None = None) -> None:
         self.name = name
@@ -86,6 +106,11 @@ class ScriptedProvider(Provider):
                 self.name,
                 Capabilities(embeddings=True, embedding_dimensions=3),
             ),
+            ModelCard(
+                "scripted-words",
+                self.name,
+                Capabilities(embeddings=True, embedding_dimensions=WORD_DIMENSIONS),
+            ),
         ]
 
     async def generate(self, request: GenerationRequest) -> GenerationStream:
@@ -97,7 +122,10 @@ class ScriptedProvider(Provider):
         return _ScriptedStream(self, request)
 
     async def embed(self, model: str, inputs: Sequence[str]) -> EmbeddingResult:
-        vectors = [[float(len(text)), 1.0, 0.0] for text in inputs]
+        if model == "scripted-words":
+            vectors = [word_vector(text) for text in inputs]
+        else:
+            vectors = [[float(len(text)), 1.0, 0.0] for text in inputs]
         return EmbeddingResult(vectors=vectors, prompt_tokens=sum(len(t.split()) for t in inputs))
 
     async def health(self) -> Health:

@@ -29,6 +29,7 @@ from enclave.api.openai.protocol import (
 from enclave.errors import InvalidRequest, ModelNotFound
 from enclave.gateway.classification import CLASSIFICATION_HEADER
 from enclave.gateway.service import SSE_HEADERS, Call, Wire
+from enclave.knowledge.grounding import knowledge_options
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_principal)])
 
@@ -89,8 +90,12 @@ def _endpoint(capability: str, model: type[Wire]) -> Any:
             classification_header=request.headers.get(CLASSIFICATION_HEADER),
             received=request.state.received,
         )
-        answer = await svc.gateway.handle(call)
-        request.state.model = answer.headers["x-enclave-model"]
+        options = knowledge_options(body) if capability == "chat" else None
+        if options is not None:
+            answer = await svc.require_grounding().handle(call, options)
+        else:
+            answer = await svc.gateway.handle(call)
+        request.state.model = answer.headers.get("x-enclave-model", "none")
         if answer.stream is not None:
             return StreamingResponse(
                 answer.stream,

