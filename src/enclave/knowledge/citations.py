@@ -48,21 +48,11 @@ class Citation:
     match: Match  # how it was established: the model's marker, overlap, or the top passage
 
     def as_dict(self) -> dict[str, Any]:
-        passage = self.passage
+        found = self.passage.retrieved
         return {
-            "number": self.number,
-            "chunk_id": passage.chunk.id,
-            "knowledge_base": passage.knowledge_base,
-            "document": {"id": passage.document_id, "name": passage.document_name},
-            "title": passage.document_title,
-            "location": {
-                **passage.location(),
-                "quote_start": self.quote_start,
-                "quote_end": self.quote_end,
-            },
-            "quote": self.quote,
-            "score": round(passage.retrieved.score, 6),
-            "similarity": round(passage.retrieved.similarity, 6),
+            **self.passage.quoted(self.number, self.quote, self.quote_start, self.quote_end),
+            "score": round(found.score, 6),
+            "similarity": round(found.similarity, 6),
             "match": self.match,
         }
 

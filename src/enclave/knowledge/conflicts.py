@@ -114,14 +114,8 @@ class Claim:
     values: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        passage = self.passage
         return {
-            "number": self.number,
-            "chunk_id": passage.chunk.id,
-            "knowledge_base": passage.knowledge_base,
-            "document": {"id": passage.document_id, "name": passage.document_name},
-            "location": {**passage.location(), "quote_start": self.start, "quote_end": self.end},
-            "quote": self.sentence,
+            **self.passage.quoted(self.number, self.sentence, self.start, self.end),
             "values": list(self.values),
         }
 

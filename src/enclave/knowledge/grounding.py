@@ -155,10 +155,6 @@ def grounded_messages(messages: list[Any], passages: Sequence[Passage]) -> list[
     return [{"role": "system", "content": system}, *turns]
 
 
-def abstain_text(config: KnowledgeConfig) -> str:
-    return config.abstain_message
-
-
 def disagreement_text(disagreement: Disagreement) -> str:
     lines = ["The sources disagree on this:"]
     for claim in (*disagreement.supporting, *disagreement.contradicting):
@@ -193,7 +189,7 @@ class GroundedChat:
         )
         grounding = {"knowledge": list(options.knowledge), "abstained": not passages}
         if not passages:
-            text = abstain_text(self.config)
+            text = self.config.abstain_message
             return await self._without_model(call, "abstained", text, [], None, grounding)
         disagreement = find_disagreement(question, passages)
         if disagreement is not None:

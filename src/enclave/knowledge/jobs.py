@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
@@ -30,7 +29,7 @@ from enclave.knowledge.chunking import Chunk, iter_chunks
 from enclave.knowledge.document import ExtractedDocument
 from enclave.knowledge.extract import ExtractionError, extract
 from enclave.knowledge.fetch import FetchError, fetch_url
-from enclave.knowledge.service import KnowledgeService, sha256_file
+from enclave.knowledge.service import KnowledgeService, sha256_file, utc_now
 from enclave.knowledge.store.base import ChunkRow
 from enclave.settings import UrlFetchConfig
 from enclave.storage.models import IngestionJobRow, KnowledgeDocumentRow
@@ -43,10 +42,6 @@ UNFINISHED = ("extracting", "embedding")
 
 class JobGone(Exception):
     """The job's document was deleted while the job ran."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def embedding_input(chunk: Chunk, title: str | None) -> str:
@@ -67,7 +62,6 @@ class IngestionWorker:
         self.service = service
         self.url_fetch = url_fetch
         self.task: asyncio.Task[None] | None = None
-        self.idle = asyncio.Event()  # set while there is nothing to do (tests wait on it)
 
     def recover(self) -> int:
         """Requeue jobs a dead server left unfinished, discarding their hidden chunks."""
@@ -78,7 +72,7 @@ class IngestionWorker:
             ).all()
             for job in jobs:
                 service.store.discard_hidden(job.kb_id, job.document_id)
-                job.state, job.chunks_done, job.updated_at = "queued", 0, _now()
+                job.state, job.chunks_done, job.updated_at = "queued", 0, utc_now()
                 log.warning("resuming ingestion job %d after a restart", job.id)
         return len(jobs)
 
@@ -98,10 +92,8 @@ class IngestionWorker:
             ready.clear()
             job_id = self._next_job()
             if job_id is None:
-                self.idle.set()
                 await ready.wait()
                 continue
-            self.idle.clear()
             try:
                 await self.run_job(job_id)
             except asyncio.CancelledError:
@@ -119,18 +111,6 @@ class IngestionWorker:
             )
             return job_id
 
-    async def wait_idle(self, timeout: float = 60.0) -> None:
-        """Wait until no job is queued or running (for tests and the CLI's --wait)."""
-        await asyncio.sleep(0)
-        await asyncio.wait_for(self._wait_idle(), timeout)
-
-    async def _wait_idle(self) -> None:
-        while True:
-            await self.idle.wait()
-            if self._next_job() is None:
-                return
-            await asyncio.sleep(0.05)
-
     # -- one job -------------------------------------------------------------
 
     def _transition(self, job_id: int, state: str, **fields: Any) -> None:
@@ -140,14 +120,14 @@ class IngestionWorker:
             job = session.get(IngestionJobRow, job_id)
             if job is None:
                 raise JobGone
-            job.state, job.updated_at = state, _now()
+            job.state, job.updated_at = state, utc_now()
             for key in ("reason", "attempts", "content_hash", "chunks_done", "blob_path"):
                 if key in fields:
                     setattr(job, key, fields[key])
             document = session.get(KnowledgeDocumentRow, job.document_id)
             if document is None:
                 raise JobGone
-            document.status, document.updated_at = state, _now()
+            document.status, document.updated_at = state, utc_now()
             document.reason = fields.get("reason")
 
     async def run_job(self, job_id: int) -> None:
@@ -165,7 +145,7 @@ class IngestionWorker:
             if document is None:
                 return
             name, indexed_hash = document.name, document.content_hash
-            indexed = document.status == "indexed" or document.indexed_at is not None
+            indexed = document.indexed_at is not None
         path = service.blob_dir / blob if blob else None
         try:
             if attempts > MAX_ATTEMPTS:
@@ -248,7 +228,7 @@ class IngestionWorker:
             result = session.execute(
                 update(IngestionJobRow)
                 .where(IngestionJobRow.id == job_id)
-                .values(chunks_done=done, updated_at=_now())
+                .values(chunks_done=done, updated_at=utc_now())
             )
             if not result.rowcount:  # type: ignore[attr-defined]
                 raise JobGone
@@ -270,7 +250,7 @@ class IngestionWorker:
                 raise JobGone
             # The swap: the new chunks replace the old version's in one store transaction.
             service.store.publish(kb_id, document_id)
-            now = _now()
+            now = utc_now()
             job.state, job.reason, job.updated_at, job.blob_path = "indexed", None, now, None
             job.chunks_done = count
             document.status, document.reason = "indexed", None
@@ -286,11 +266,11 @@ class IngestionWorker:
             job = session.get(IngestionJobRow, job_id)
             if job is None:
                 return
-            job.state, job.reason, job.updated_at = "indexed", "unchanged", _now()
+            job.state, job.reason, job.updated_at = "indexed", "unchanged", utc_now()
             document = session.get(KnowledgeDocumentRow, job.document_id)
             if document is not None:
                 document.status, document.reason = "indexed", None
-                document.updated_at = _now()
+                document.updated_at = utc_now()
 
     def _fail(self, job_id: int, kb_id: int, document_id: int, reason: str) -> None:
         service = self.service
@@ -299,10 +279,10 @@ class IngestionWorker:
             job = session.get(IngestionJobRow, job_id)
             if job is None:
                 return
-            job.state, job.reason, job.updated_at, job.blob_path = "failed", reason, _now(), None
+            job.state, job.reason, job.updated_at, job.blob_path = "failed", reason, utc_now(), None
             document = session.get(KnowledgeDocumentRow, document_id)
             if document is not None:
                 if document.indexed_at is not None:
                     reason += " (the previously indexed version is still served)"
-                document.status, document.reason, document.updated_at = "failed", reason, _now()
+                document.status, document.reason, document.updated_at = "failed", reason, utc_now()
         log.info("ingestion job %d failed: %s", job_id, reason)

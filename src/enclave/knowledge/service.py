@@ -64,7 +64,8 @@ class DocumentNotFound(NotFound):
     default_code = "document_not_found"
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
+    """Now, timezone-aware UTC (the columns refuse naive times)."""
     return datetime.now(UTC)
 
 
@@ -167,14 +168,17 @@ class Passage:
         """``base/document``, as reasons and audit entries name it."""
         return f"{self.knowledge_base}/{self.document_name}"
 
-    def location(self) -> dict[str, Any]:
-        chunk = self.chunk
+    def quoted(self, number: int, quote: str, start: int, end: int) -> dict[str, Any]:
+        """The passage as a numbered source of an answer, quoting ``quote`` at
+        document offsets ``start:end`` (citations and disagreement claims)."""
         return {
-            "page_start": chunk.page_start,
-            "page_end": chunk.page_end,
-            "heading_path": list(chunk.heading_path),
-            "char_start": chunk.char_start,
-            "char_end": chunk.char_end,
+            "number": number,
+            "chunk_id": self.chunk.id,
+            "knowledge_base": self.knowledge_base,
+            "document": {"id": self.document_id, "name": self.document_name},
+            "title": self.document_title,
+            "location": {**self.chunk.location(), "quote_start": start, "quote_end": end},
+            "quote": quote,
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -186,7 +190,7 @@ class Passage:
             "title": self.document_title,
             "classification": self.classification,
             "text": self.chunk.text,
-            "location": self.location(),
+            "location": self.chunk.location(),
             "score": round(found.score, 6),
             "similarity": round(found.similarity, 6),
             "ranks": {"bm25": found.bm25_rank, "dense": found.dense_rank},
@@ -336,7 +340,7 @@ class KnowledgeService:
                 description=description,
                 classification=level,
                 embedding_model=self.embedder.model_id,
-                created_at=_now(),
+                created_at=utc_now(),
             )
             session.add(row)
             session.flush()
@@ -354,37 +358,32 @@ class KnowledgeService:
             chunks=chunks,
         )
 
-    def list_bases(self, workspace_id: int) -> list[BaseInfo]:
+    def list_bases(self, workspace_id: int, name: str | None = None) -> list[BaseInfo]:
+        """The workspace's bases (or the one named) with document and chunk counts."""
+        query = select(KnowledgeBaseRow).where(KnowledgeBaseRow.workspace_id == workspace_id)
+        if name is not None:
+            query = query.where(KnowledgeBaseRow.name == name)
         with self.sessions() as session:
-            rows = session.scalars(
-                select(KnowledgeBaseRow)
-                .where(KnowledgeBaseRow.workspace_id == workspace_id)
-                .order_by(KnowledgeBaseRow.name)
-            ).all()
-            counts = dict(
-                session.execute(
-                    select(KnowledgeDocumentRow.kb_id, func.count())
+            rows = session.scalars(query.order_by(KnowledgeBaseRow.name)).all()
+            totals = {
+                kb_id: (documents, int(chunks or 0))
+                for kb_id, documents, chunks in session.execute(
+                    select(
+                        KnowledgeDocumentRow.kb_id,
+                        func.count(),
+                        func.sum(KnowledgeDocumentRow.chunks),
+                    )
                     .where(KnowledgeDocumentRow.kb_id.in_([row.id for row in rows]))
                     .group_by(KnowledgeDocumentRow.kb_id)
                 ).all()
-            )
-            chunks = dict(
-                session.execute(
-                    select(KnowledgeDocumentRow.kb_id, func.sum(KnowledgeDocumentRow.chunks))
-                    .where(KnowledgeDocumentRow.kb_id.in_([row.id for row in rows]))
-                    .group_by(KnowledgeDocumentRow.kb_id)
-                ).all()
-            )
-        return [
-            self._base_info(row, counts.get(row.id, 0), int(chunks.get(row.id) or 0))
-            for row in rows
-        ]
+            }
+        return [self._base_info(row, *totals.get(row.id, (0, 0))) for row in rows]
 
     def get_base(self, workspace_id: int, name: str) -> BaseInfo:
-        for base in self.list_bases(workspace_id):
-            if base.name == name:
-                return base
-        raise KnowledgeBaseNotFound(name)
+        found = self.list_bases(workspace_id, name)
+        if not found:
+            raise KnowledgeBaseNotFound(name)
+        return found[0]
 
     def delete_base(self, workspace_id: int, name: str) -> None:
         """Delete a base with its documents, jobs, chunks and waiting uploads."""
@@ -464,16 +463,10 @@ class KnowledgeService:
         name = normalise_document_name(name)
         try:
             with self.sessions.begin() as session:
-                base = self._base_row(session, workspace_id, kb_name)
-                level = self._document_class(base, classification)
-                self._check_embedding_clearance(level, f"Document '{name}'")
-                document = session.scalar(
-                    select(KnowledgeDocumentRow).where(
-                        KnowledgeDocumentRow.kb_id == base.id, KnowledgeDocumentRow.name == name
-                    )
+                base, level, document = self._target(
+                    session, workspace_id, kb_name, name, classification
                 )
                 if document is not None and self._unchanged(session, document, content_hash):
-                    upload.unlink(missing_ok=True)
                     return AddResult(self._document_info(document, base.name), "unchanged")
                 document = self._queue_document(
                     session, base, document, name, level, metadata, size_bytes
@@ -485,8 +478,8 @@ class KnowledgeService:
                     source="upload",
                     media_type=media_type,
                     content_hash=content_hash,
-                    created_at=_now(),
-                    updated_at=_now(),
+                    created_at=utc_now(),
+                    updated_at=utc_now(),
                 )
                 session.add(job)
                 session.flush()
@@ -512,13 +505,8 @@ class KnowledgeService:
         """Queue a URL; the job fetches it (behind the SSRF guard) when it runs."""
         name = url.strip()
         with self.sessions.begin() as session:
-            base = self._base_row(session, workspace_id, kb_name)
-            level = self._document_class(base, classification)
-            self._check_embedding_clearance(level, f"Document '{name}'")
-            document = session.scalar(
-                select(KnowledgeDocumentRow).where(
-                    KnowledgeDocumentRow.kb_id == base.id, KnowledgeDocumentRow.name == name
-                )
+            base, level, document = self._target(
+                session, workspace_id, kb_name, name, classification
             )
             document = self._queue_document(session, base, document, name, level, metadata, 0)
             job = IngestionJobRow(
@@ -527,14 +515,33 @@ class KnowledgeService:
                 state="queued",
                 source="url",
                 url=name,
-                created_at=_now(),
-                updated_at=_now(),
+                created_at=utc_now(),
+                updated_at=utc_now(),
             )
             session.add(job)
             session.flush()
             result = AddResult(self._document_info(document, base.name), "queued", job.id)
         self.work_ready.set()
         return result
+
+    def _target(
+        self,
+        session: Session,
+        workspace_id: int,
+        kb_name: str,
+        name: str,
+        classification: str | None,
+    ) -> tuple[KnowledgeBaseRow, str, KnowledgeDocumentRow | None]:
+        """The base a document goes to, its class (checked), and its existing row if any."""
+        base = self._base_row(session, workspace_id, kb_name)
+        level = self._document_class(base, classification)
+        self._check_embedding_clearance(level, f"Document '{name}'")
+        document = session.scalar(
+            select(KnowledgeDocumentRow).where(
+                KnowledgeDocumentRow.kb_id == base.id, KnowledgeDocumentRow.name == name
+            )
+        )
+        return base, level, document
 
     @staticmethod
     def _unchanged(session: Session, document: KnowledgeDocumentRow, content_hash: str) -> bool:
@@ -559,7 +566,7 @@ class KnowledgeService:
         metadata: dict[str, Any] | None,
         size_bytes: int,
     ) -> KnowledgeDocumentRow:
-        now = _now()
+        now = utc_now()
         if document is None:
             document = KnowledgeDocumentRow(
                 kb_id=base.id,
@@ -757,13 +764,6 @@ class KnowledgeService:
                     continue
             chosen.add(document_id)
         return Filters(document_ids=frozenset(chosen))
-
-    def base_levels(self, workspace_id: int, names: Sequence[str]) -> dict[str, str]:
-        """Each named base's class (raises 404 for an unknown name)."""
-        with self.sessions() as session:
-            return {
-                base.name: base.classification for base in self._bases(session, workspace_id, names)
-            }
 
 
 def normalise_document_name(name: str) -> str:

@@ -248,13 +248,7 @@ async def document_chunks(
                 "id": chunk.id,
                 "ordinal": chunk.ordinal,
                 "text": chunk.text,
-                "location": {
-                    "page_start": chunk.page_start,
-                    "page_end": chunk.page_end,
-                    "heading_path": list(chunk.heading_path),
-                    "char_start": chunk.char_start,
-                    "char_end": chunk.char_end,
-                },
+                "location": chunk.location(),
             }
             for chunk in chunks
         ],

@@ -19,6 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,16 @@ class ChunkRow:
     char_start: int = 0
     char_end: int = 0
     id: int = 0  # assigned by the store
+
+    def location(self) -> dict[str, Any]:
+        """Where the chunk sits in its document, as the API shows it."""
+        return {
+            "page_start": self.page_start,
+            "page_end": self.page_end,
+            "heading_path": list(self.heading_path),
+            "char_start": self.char_start,
+            "char_end": self.char_end,
+        }
 
 
 @dataclass(frozen=True, slots=True)
