@@ -264,6 +264,44 @@ class KnowledgeConfig(StrictModel):
     url_fetch: UrlFetchConfig = Field(default_factory=UrlFetchConfig)
 
 
+class AppsConfig(StrictModel):
+    """Declarative apps: their API calls, tool routing and pending actions (``apps:``)."""
+
+    tool_threshold: float = Field(
+        0.3,
+        ge=-1.0,
+        le=1.0,
+        description=(
+            "Minimum cosine similarity between a user message and an API operation's "
+            "description for the operation to be offered to the model."
+        ),
+    )
+    max_tool_calls: int = Field(
+        3, ge=1, le=10, description="Default cap on API calls per user message (an app may lower it)."
+    )
+    call_timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of one API call.")
+    max_response_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest API response read; larger ones fail the call."
+    )
+    result_chars: int = Field(
+        4000, ge=200, le=100_000, description="API result text shown to the model, at most."
+    )
+    secret_env: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Environment variables apps may reference as env:NAME in API headers. "
+            "Empty: none, so an app cannot read the server's environment."
+        ),
+    )
+    action_ttl_s: int = Field(
+        3600, ge=60, le=7 * 86400, description="How long a pending action waits for confirmation."
+    )
+    draft_ttl_s: int = Field(
+        3600, ge=60, le=86400, description="How long a draft (an app under test) is kept."
+    )
+    max_avatar_bytes: int = Field(256 * 1024, ge=1024, description="Largest app avatar image.")
+
+
 def default_providers() -> list[ProviderConfig]:
     return [
         ProviderConfig(
@@ -340,6 +378,7 @@ class Settings(BaseSettings):
         description="Alias -> 'provider/model' targets in preference order.",
     )
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    apps: AppsConfig = Field(default_factory=AppsConfig)
     # After providers, so that its validator can see them.
     default_model: str = Field(
         "smollm2-135m", description="Model used when a request names the model 'default'."

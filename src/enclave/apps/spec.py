@@ -1,0 +1,243 @@
+"""The App spec: what an app YAML file may say, as pydantic models.
+
+An app file looks like::
+
+    apiVersion: enclave/v1
+    kind: App
+    metadata: {name: hr-assistant, description: "...", avatar: ./hr.png}
+    spec:
+      model: default
+      system_prompt: You help HR staff.
+      knowledge: [hr-policies]
+      apis: [{name: hr, url: http://hr.internal/api, schema: ./hr-openapi.yaml}]
+      tests: [...]
+
+These models check shape and cross-references only. Reading files with line
+numbers, inlining ``schema``/``avatar`` paths and the canonical YAML form live
+in :mod:`enclave.apps.manifest`; checks that need the server (classes,
+knowledge bases, models) live in :mod:`enclave.apps.service`.
+
+Cross-field problems are raised as :class:`~enclave.settings.FieldProblem`, so
+error messages can name the exact field (and the loader its line).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from enclave.settings import FieldProblem
+
+APP_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+WRITE_METHODS: list[Method] = ["POST", "PUT", "PATCH", "DELETE"]
+FIXTURE_KEY = re.compile(r"^(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) /\S*$")
+
+
+class SpecModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Metadata(SpecModel):
+    """Who the app is: ``name`` is its id (``app/<name>`` on ``/v1``)."""
+
+    name: str = Field(pattern=APP_NAME_PATTERN, description="Lower-case letters, digits, '-'.")
+    description: str = Field("", max_length=500)
+    avatar: str | None = Field(
+        None, description="An image path relative to the file (inlined on apply) or a data: URI."
+    )
+
+
+class ApiSpec(SpecModel):
+    """One HTTP API the app may call, described by an OpenAPI 3.x document."""
+
+    name: str = Field(pattern=APP_NAME_PATTERN)
+    description: str = ""
+    url: str = Field(description="Base URL; operation paths are appended to it.")
+    schema_: dict[str, Any] | str = Field(
+        alias="schema", description="OpenAPI 3.x document, inline or a path (inlined on apply)."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Sent with every call; env:NAME is resolved on the server."
+    )
+    confirm: list[Method] = Field(
+        default_factory=lambda: list(WRITE_METHODS),
+        description="Methods that never run without the user's confirmation.",
+    )
+    operations: list[str] | None = Field(
+        None, description="Expose only these operations (operationId or 'METHOD /path')."
+    )
+    timeout_s: float | None = Field(None, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value.rstrip("/")
+
+
+class CallExpectation(SpecModel):
+    """A call the app made (or must not make): an API, optionally one operation and arguments."""
+
+    api: str
+    operation: str | None = Field(None, description="operationId or 'METHOD /path'.")
+    arguments: dict[str, Any] | None = Field(
+        None, description="Each key given must be present with this value."
+    )
+
+
+def _call_list(value: Any) -> Any:
+    if isinstance(value, str | dict):
+        value = [value]
+    if isinstance(value, list):
+        return [{"api": item} if isinstance(item, str) else item for item in value]
+    return value
+
+
+class Expectation(SpecModel):
+    """What one step's answer must satisfy. Every listed check must hold."""
+
+    contains: list[str] = Field(default_factory=list)
+    not_contains: list[str] = Field(default_factory=list)
+    regex: list[str] = Field(default_factory=list)
+    json_schema: dict[str, Any] | None = None
+    called: list[CallExpectation] = Field(default_factory=list)
+    not_called: list[CallExpectation] = Field(default_factory=list)
+    cites: list[str] = Field(default_factory=list, description="Document names.")
+    abstains: bool | None = None
+    judge: str | None = Field(None, description="A rubric for the judge model.")
+    pending: CallExpectation | None = Field(
+        None, description="The answer holds this action for confirmation."
+    )
+
+    @field_validator("contains", "not_contains", "regex", "cites", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("called", "not_called", mode="before")
+    @classmethod
+    def _calls(cls, value: Any) -> Any:
+        return _call_list(value)
+
+    @field_validator("pending", mode="before")
+    @classmethod
+    def _pending(cls, value: Any) -> Any:
+        return {"api": value} if isinstance(value, str) else value
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        return value
+
+
+class Step(SpecModel):
+    """One turn of a test: a prompt, or an answer to the pending action (``confirm``)."""
+
+    prompt: str | None = None
+    confirm: bool | None = Field(None, description="true confirms the pending action, false cancels.")
+    expect: Expectation = Field(default_factory=Expectation)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Step:
+        if (self.prompt is None) == (self.confirm is None):
+            raise FieldProblem(("prompt",), "a step needs exactly one of 'prompt' or 'confirm'")
+        return self
+
+
+class FixtureResponse(SpecModel):
+    """A canned API response used by ``enclave test`` instead of the real API."""
+
+    status: int = Field(200, ge=100, le=599)
+    json_: Any = Field(None, alias="json")
+    body: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class AppTest(SpecModel):
+    """A named conversation with expectations; ``fixtures`` stand in for the APIs."""
+
+    name: str = Field(min_length=1, max_length=200)
+    fixtures: dict[str, dict[str, FixtureResponse]] = Field(
+        default_factory=dict, description="API name -> 'METHOD /path' -> response."
+    )
+    steps: list[Step] = Field(min_length=1)
+
+
+class Grounding(SpecModel):
+    """How the app's knowledge is used."""
+
+    top_k: int | None = Field(None, ge=1, le=20)
+    threshold: float | None = Field(None, ge=-1, le=1)
+    when_not_found: Literal["abstain", "answer"] = Field(
+        "abstain",
+        description="abstain: say it is not found; answer: let the model answer without sources.",
+    )
+
+
+class AppBody(SpecModel):
+    """``spec:``: the model, prompt, knowledge, APIs and tests."""
+
+    model: str = Field("default", min_length=1, description="provider/model, model or alias.")
+    classification: str | None = Field(None, description="Raises the workspace floor.")
+    system_prompt: str = ""
+    knowledge: list[str] = Field(default_factory=list, description="Knowledge base names.")
+    grounding: Grounding = Field(default_factory=Grounding)
+    apis: list[ApiSpec] = Field(default_factory=list)
+    tool_threshold: float | None = Field(None, ge=-1, le=1)
+    max_tool_calls: int | None = Field(None, ge=1, le=10)
+    tests: list[AppTest] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> AppBody:
+        names = [api.name for api in self.apis]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise FieldProblem(("apis", index, "name"), f"API '{name}' is declared twice")
+        known = set(names)
+        for t, test in enumerate(self.tests):
+            for api, responses in test.fixtures.items():
+                if api not in known:
+                    raise FieldProblem(
+                        ("tests", t, "fixtures", api), f"no API named '{api}' in spec.apis"
+                    )
+                for key in responses:
+                    if not FIXTURE_KEY.match(key):
+                        raise FieldProblem(
+                            ("tests", t, "fixtures", api, key),
+                            "fixture keys look like 'GET /path'",
+                        )
+            for s, step in enumerate(test.steps):
+                expect = step.expect
+                checks = [("called", c) for c in expect.called]
+                checks += [("not_called", c) for c in expect.not_called]
+                if expect.pending is not None:
+                    checks.append(("pending", expect.pending))
+                for field, call in checks:
+                    if call.api not in known:
+                        raise FieldProblem(
+                            ("tests", t, "steps", s, "expect", field),
+                            f"no API named '{call.api}' in spec.apis",
+                        )
+        return self
+
+
+class AppManifest(SpecModel):
+    """A whole app file."""
+
+    api_version: Literal["enclave/v1"] = Field(alias="apiVersion")
+    kind: Literal["App"]
+    metadata: Metadata
+    spec: AppBody
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
