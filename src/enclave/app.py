@@ -14,17 +14,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import httpx
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from enclave import __version__
 from enclave.api import health
+from enclave.api.apps import routes as apps_routes
 from enclave.api.deps import Services
 from enclave.api.errors import install_error_handlers
 from enclave.api.knowledge import routes as knowledge_routes
 from enclave.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from enclave.api.openai import routes as openai_routes
 from enclave.api.platform import routes as platform_routes
+from enclave.apps.actions import ActionStore
+from enclave.apps.runner import AppRunner
+from enclave.apps.service import AppService
 from enclave.auth.keys import KeyService
 from enclave.errors import ConfigError, EnclaveError
 from enclave.gateway.audit import AuditLog, audit_head_path
@@ -132,6 +137,30 @@ def start_knowledge(services: Services, sessions: sessionmaker[Session]) -> None
     services.grounding = GroundedChat(knowledge, services.gateway, settings.knowledge)
 
 
+def start_apps(services: Services, sessions: sessionmaker[Session]) -> None:
+    """Stored apps, pending actions and the runner that serves ``app/<name>``."""
+    settings = services.settings
+    gateway = services.gateway
+    services.apps = AppService(
+        sessions=sessions,
+        config=settings.apps,
+        levels=gateway.routing.levels,
+        routing=gateway.routing,
+        knowledge=services.knowledge,
+    )
+    # No proxies from the environment and no redirects: calls go where the app says.
+    services.apps_http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+    services.app_runner = AppRunner(
+        apps=services.apps,
+        actions=ActionStore(sessions, settings.apps.action_ttl_s),
+        gateway=gateway,
+        config=settings.apps,
+        http=services.apps_http,
+        embedder=services.knowledge.embedder if services.knowledge is not None else None,
+        grounding=services.grounding,
+    )
+
+
 def announce_admin_key(secret: str) -> None:
     # Printed to the terminal once, deliberately not logged.
     print(
@@ -193,10 +222,13 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
             metrics_token=metrics_token,
         )
         start_knowledge(services, sessions)
+        start_apps(services, sessions)
         log.info("models ready: %s", ", ".join(gateway.routing.targets))
         try:
             yield
         finally:
+            if services.apps_http is not None:
+                await services.apps_http.aclose()
             if services.ingestion is not None:
                 await services.ingestion.close()
             if services.knowledge is not None:
@@ -223,6 +255,8 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     app.include_router(platform_routes.router)
     app.include_router(platform_routes.admin)
     app.include_router(knowledge_routes.router)
+    app.include_router(apps_routes.router)
+    app.include_router(apps_routes.actions)
     app.add_middleware(openai_routes.GatewayFastPath, fastapi_app=app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     upload_limit = settings.knowledge.max_document_bytes + 1024 * 1024  # + multipart framing

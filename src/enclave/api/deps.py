@@ -11,8 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import httpx
 from fastapi import Depends, Request
 
+from enclave.apps.runner import AppRunner
+from enclave.apps.service import AppService
 from enclave.auth.keys import KeyService
 from enclave.auth.principals import Principal
 from enclave.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
@@ -43,11 +46,19 @@ class Services:
     grounding: GroundedChat | None = None
     ingestion: IngestionWorker | None = None
     knowledge_problem: str = "Knowledge is not available."
+    apps: AppService | None = None
+    app_runner: AppRunner | None = None
+    apps_http: httpx.AsyncClient | None = None
 
     def require_knowledge(self) -> KnowledgeService:
         if self.knowledge is None:
             raise ServiceUnavailable(self.knowledge_problem, code="knowledge_unavailable")
         return self.knowledge
+
+    def require_apps(self) -> tuple[AppService, AppRunner]:
+        if self.apps is None or self.app_runner is None:
+            raise ServiceUnavailable("Apps are not available yet.", code="apps_unavailable")
+        return self.apps, self.app_runner
 
     def require_grounding(self) -> GroundedChat:
         if self.grounding is None:

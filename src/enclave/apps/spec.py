@@ -60,7 +60,8 @@ class ApiSpec(SpecModel):
         alias="schema", description="OpenAPI 3.x document, inline or a path (inlined on apply)."
     )
     headers: dict[str, str] = Field(
-        default_factory=dict, description="Sent with every call; env:NAME is resolved on the server."
+        default_factory=dict,
+        description="Sent with every call; env:NAME is resolved on the server.",
     )
     confirm: list[Method] = Field(
         default_factory=lambda: list(WRITE_METHODS),
@@ -143,7 +144,9 @@ class Step(SpecModel):
     """One turn of a test: a prompt, or an answer to the pending action (``confirm``)."""
 
     prompt: str | None = None
-    confirm: bool | None = Field(None, description="true confirms the pending action, false cancels.")
+    confirm: bool | None = Field(
+        None, description="true confirms the pending action, false cancels."
+    )
     expect: Expectation = Field(default_factory=Expectation)
 
     @model_validator(mode="after")

@@ -79,11 +79,14 @@ class Classifier:
         header: str | None,
         texts: Iterable[str],
         knowledge: Sequence[tuple[str, str]] = (),
+        raised: Sequence[tuple[str, str]] = (),
     ) -> Decision:
         """Combine the floor, header, knowledge classes and detector findings.
 
         ``knowledge`` holds (class, what) for each source the answer draws on,
-        e.g. ``("confidential", "hr-policies/leave.pdf")``.
+        e.g. ``("confidential", "hr-policies/leave.pdf")``. ``raised`` holds
+        (class, reason) for anything else that raises the floor, e.g. an app's
+        ``("confidential", "app 'hr-assistant'")``.
         """
         levels = self.levels
         level = floor
@@ -97,6 +100,8 @@ class Classifier:
 
         if header is not None:
             consider(levels.parse(header), "header X-Enclave-Classification")
+        for level, reason in raised:
+            consider(level, reason)
         for level, source in knowledge:
             consider(level, f"knowledge {source}")
         findings = tuple(self.detectors.scan(texts))

@@ -72,6 +72,8 @@ class Call:
     received: float = field(default_factory=time.perf_counter)
     # (class, source) of each knowledge passage the request carries (grounding).
     knowledge: tuple[tuple[str, str], ...] = ()
+    # (class, reason) of anything else that raises the request's class (an app's floor).
+    raised: tuple[tuple[str, str], ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -91,6 +93,17 @@ class Answer:
     body: bytes | None = None
     stream: AsyncIterator[bytes] | None = None
     media_type: str = "application/json"
+
+    def add_fields(self, fields: dict[str, Any]) -> Answer:
+        """Add top-level fields to a successful chat answer: to the body, or as a final
+        ``choices: []`` chunk of a stream. Errors pass unchanged."""
+        if self.status != 200:
+            return self
+        if self.stream is not None:
+            self.stream = responses.append_fields(self.stream, fields)
+        elif self.body is not None:
+            self.body = orjson.dumps({**orjson.loads(self.body), **fields})
+        return self
 
 
 def request_texts(body: dict[str, Any]) -> Iterator[str]:
@@ -335,6 +348,7 @@ class Gateway:
             header=call.classification_header,
             texts=ledger.texts,
             knowledge=call.knowledge,
+            raised=call.raised,
         )
 
     async def _handle(self, call: Call, ledger: _Ledger, policy: WorkspaceConfig) -> Answer:

@@ -27,14 +27,19 @@ Responses carry ``citations``, ``disagreement`` (null or the two sides) and
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
-from enclave.api.openai.protocol import ChatCompletionRequest, completion_id, now, usage_dict
-from enclave.api.openai.responses import DONE, sse
+from enclave.api.openai.protocol import ChatCompletionRequest
+from enclave.api.openai.responses import (
+    DONE,
+    fixed_chat_body,
+    fixed_chat_stream,
+    sse,
+)
 from enclave.errors import InvalidRequest
 from enclave.gateway.service import Answer, Call, Gateway
 from enclave.knowledge.citations import Citation, cite
@@ -171,7 +176,19 @@ class GroundedChat:
         self.gateway = gateway
         self.config = config
 
-    async def handle(self, call: Call, options: KnowledgeOptions) -> Answer:
+    async def handle(
+        self,
+        call: Call,
+        options: KnowledgeOptions,
+        *,
+        when_not_found: Callable[[], Awaitable[Answer]] | None = None,
+    ) -> Answer:
+        """Answer ``call`` from the knowledge in ``options``.
+
+        ``when_not_found`` replaces the abstention when nothing clears the
+        threshold (an app that may answer without sources); its answer gets
+        ``grounding.abstained: true`` and no citations.
+        """
         body = call.body
         messages = body.get("messages") or []
         question = last_user_text(messages)
@@ -188,6 +205,9 @@ class GroundedChat:
             threshold=options.threshold,
         )
         grounding = {"knowledge": list(options.knowledge), "abstained": not passages}
+        if not passages and when_not_found is not None:
+            answer = await when_not_found()
+            return answer.add_fields({"citations": [], "grounding": grounding})
         if not passages:
             text = self.config.abstain_message
             return await self._without_model(call, "abstained", text, [], None, grounding)
@@ -249,52 +269,15 @@ class GroundedChat:
             return Answer(
                 200,
                 headers,
-                stream=_fixed_stream(model, text, extra),
+                stream=fixed_chat_stream(model, text, extra),
                 media_type="text/event-stream",
             )
-        payload = {
-            "id": completion_id("chatcmpl"),
-            "object": "chat.completion",
-            "created": now(),
-            "model": model,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": usage_dict(0, 0),
-            **extra,
-        }
-        return Answer(200, headers, body=orjson.dumps(payload))
+        return Answer(200, headers, body=orjson.dumps(fixed_chat_body(model, text, extra)))
 
 
 def _claim_sources(disagreement: Disagreement) -> tuple[tuple[str, str], ...]:
     claims = (*disagreement.supporting, *disagreement.contradicting)
     return tuple((c.passage.classification, c.passage.source) for c in claims)
-
-
-async def _fixed_stream(model: str, text: str, extra: dict[str, Any]) -> AsyncIterator[bytes]:
-    base = {
-        "id": completion_id("chatcmpl"),
-        "object": "chat.completion.chunk",
-        "created": now(),
-        "model": model,
-        "system_fingerprint": None,
-    }
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return sse({**base, "choices": [choice]})
-
-    yield chunk({"role": "assistant", "content": ""})
-    yield chunk({"content": text})
-    yield chunk({}, "stop")
-    yield sse({**base, "choices": [], **extra})
-    yield DONE
 
 
 async def _cite_stream(

@@ -189,3 +189,77 @@ class IngestionJobRow(Base):
     chunks_done: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+
+
+class AppRow(Base):
+    """A deployed app of one workspace (``apps/service.py``); its specs are versions."""
+
+    __tablename__ = "apps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    current_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+
+
+class AppVersionRow(Base):
+    """One applied spec of an app, never changed: history and rollback read these."""
+
+    __tablename__ = "app_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (UniqueConstraint("app_id", "version"),)
+    # The canonical spec (apps/manifest.py), as JSON.
+    spec_json: Mapped[str] = mapped_column(Text)
+    # "apply", or "rollback to N".
+    source: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    # The latest `enclave test` report recorded for this version, as JSON.
+    test_results_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AppDraftRow(Base):
+    """A temporary, unlisted app for ``enclave test``: served as ``app/<name>@<id>``."""
+
+    __tablename__ = "app_drafts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    spec_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class AppActionRow(Base):
+    """An API call held for the user's confirmation (``apps/actions.py``).
+
+    pending -> executed | cancelled | expired. The move out of pending is one
+    conditional UPDATE, so an action runs at most once however often it is
+    confirmed.
+    """
+
+    __tablename__ = "app_actions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"), index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The app and version (or draft id) whose API configuration runs the call.
+    app_name: Mapped[str] = mapped_column(String(64))
+    app_ref: Mapped[str] = mapped_column(String(64))
+    api: Mapped[str] = mapped_column(String(64))
+    operation: Mapped[str] = mapped_column(String(1024))
+    arguments_json: Mapped[str] = mapped_column(Text)
+    # The user's request that led to it, so the result can be summarised for it.
+    question: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

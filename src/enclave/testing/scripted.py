@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from enclave.errors import ModelNotFound, QueueFull
@@ -26,7 +26,8 @@ from enclave.providers.base import (
 
 @dataclass
 class Script:
-    """What the fake model says: ``words`` streamed one per event.
+    """What the fake model says: ``words`` streamed one per event, or what
+    ``respond`` returns for the request (e.g. a decision that depends on its schema).
 
     ``fail_after`` raises ``error`` after that many words (a provider dying
     mid-stream); ``delay`` sleeps between words.
@@ -36,6 +37,8 @@ class Script:
     delay: float = 0.0
     fail_after: int | None = None
     error: BaseException | None = None
+    # When set, the answer to each request: its text, streamed as one word.
+    respond: Callable[[GenerationRequest], str] | None = None
 
 
 class _ScriptedStream(GenerationStream):
@@ -52,7 +55,8 @@ class _ScriptedStream(GenerationStream):
         self._provider.in_flight += 1
         try:
             emitted = 0
-            for word in script.words:
+            words = [script.respond(self._request)] if script.respond else script.words
+            for word in words:
                 if script.fail_after is not None and emitted >= script.fail_after:
                     raise script.error or RuntimeError("scripted failure")
                 if script.delay:

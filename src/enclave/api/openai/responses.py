@@ -194,3 +194,70 @@ def embeddings_body(model: str, result: EmbeddingResult, encoding: str) -> dict[
         "model": model,
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
     }
+
+
+def fixed_chat_body(model: str, text: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion whose text was decided in code (no model), with ``extra`` fields."""
+    return {
+        "id": completion_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": now(),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": usage_dict(0, 0),
+        **extra,
+    }
+
+
+async def fixed_chat_stream(model: str, text: str, extra: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The same as a stream: role, text, stop, then a ``choices: []`` chunk with ``extra``."""
+    base = {
+        "id": completion_id("chatcmpl"),
+        "object": "chat.completion.chunk",
+        "created": now(),
+        "model": model,
+        "system_fingerprint": None,
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return sse({**base, "choices": [choice]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    yield chunk({"content": text})
+    yield chunk({}, "stop")
+    yield sse({**base, "choices": [], **extra})
+    yield DONE
+
+
+async def append_fields(
+    stream: AsyncIterator[bytes], fields: dict[str, Any]
+) -> AsyncIterator[bytes]:
+    """Pass a chat SSE stream through, adding a ``choices: []`` chunk with ``fields`` before
+    ``[DONE]``. A stream that ends in an error event gets no extra chunk.
+
+    The gateway's streams send ``[DONE]`` as the end of a chunk (local streams
+    as a chunk of its own, upstream relays after whole events).
+    """
+    failed = False
+    try:
+        async for data in stream:
+            failed = failed or b'data: {"error"' in data
+            if data.endswith(DONE) and not failed:
+                yield data[: -len(DONE)]
+                yield sse({"object": "chat.completion.chunk", "choices": [], **fields})
+                yield DONE
+                continue
+            yield data
+    finally:
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()

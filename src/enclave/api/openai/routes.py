@@ -10,6 +10,7 @@ authenticates, parses the body with the same pydantic models, and hands a
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -26,6 +27,8 @@ from enclave.api.openai.protocol import (
     CompletionRequest,
     EmbeddingRequest,
 )
+from enclave.apps.service import parse_model_id
+from enclave.auth.principals import Principal
 from enclave.errors import InvalidRequest, ModelNotFound
 from enclave.gateway.classification import CLASSIFICATION_HEADER
 from enclave.gateway.service import SSE_HEADERS, Call, Wire
@@ -39,14 +42,18 @@ def model_object(model_id: str, owner: str, created: int) -> dict[str, Any]:
 
 
 @router.get("/models", summary="List models")
-async def list_models(svc: Services = Depends(services)) -> dict[str, Any]:
-    """Every model name once (served by one provider or several), then the aliases."""
+async def list_models(
+    principal: Principal = Depends(require_principal), svc: Services = Depends(services)
+) -> dict[str, Any]:
+    """Every model name once (served by one provider or several), the aliases, then the
+    workspace's apps as ``app/<name>``."""
     routing = svc.gateway.routing
     created = svc.started
-    return {
-        "object": "list",
-        "data": [model_object(name, owner, created) for name, owner in routing.model_ids()],
-    }
+    data = [model_object(name, owner, created) for name, owner in routing.model_ids()]
+    if svc.apps is not None:
+        apps = await asyncio.to_thread(svc.apps.list_apps, principal.workspace_id)
+        data += [model_object(app["model_id"], "app", created) for app in apps]
+    return {"object": "list", "data": data}
 
 
 @router.get("/models/{model_id:path}", summary="Describe a model")
@@ -90,8 +97,11 @@ def _endpoint(capability: str, model: type[Wire]) -> Any:
             classification_header=request.headers.get(CLASSIFICATION_HEADER),
             received=request.state.received,
         )
-        options = knowledge_options(body) if capability == "chat" else None
-        if options is not None:
+        app = parse_model_id(str(body.get("model", ""))) if capability == "chat" else None
+        options = knowledge_options(body) if capability == "chat" and app is None else None
+        if app is not None:
+            answer = await svc.require_apps()[1].handle(call, *app)
+        elif options is not None:
             answer = await svc.require_grounding().handle(call, options)
         else:
             answer = await svc.gateway.handle(call)
