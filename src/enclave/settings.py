@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -35,6 +34,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from enclave.errors import ConfigError
+from enclave.yaml_lines import YamlSyntaxError, compose_with_lines
 
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$"
 
@@ -277,7 +277,19 @@ class AppsConfig(StrictModel):
         ),
     )
     max_tool_calls: int = Field(
-        3, ge=1, le=10, description="Default cap on API calls per user message (an app may lower it)."
+        3,
+        ge=1,
+        le=10,
+        description="Default cap on API calls per user message (an app may lower it).",
+    )
+    shortlist_margin: float = Field(
+        0.1,
+        ge=0.0,
+        le=2.0,
+        description=(
+            "Operations offered to the model are those within this similarity of the best "
+            "match (at most three)."
+        ),
     )
     call_timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of one API call.")
     max_response_bytes: int = Field(
@@ -559,29 +571,11 @@ def _unknown_environment() -> list[str]:
 def _compose_with_lines(text: str, source: str) -> tuple[dict[str, Any], dict[tuple, int]]:
     """Parse YAML, returning the data and a map from field path to 1-based line."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}, line {mark.line + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from exc
-    if root is None:
+        data, lines = compose_with_lines(text, source)
+    except YamlSyntaxError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not lines:  # an empty file
         return {}, {}
-    lines: dict[tuple, int] = {}
-
-    def walk(node: yaml.Node, path: tuple) -> None:
-        lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key_path = (*path, key_node.value)
-                walk(value_node, key_path)
-                lines[key_path] = key_node.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                walk(item, (*path, index))
-
-    walk(root, ())
-    data = yaml.safe_load(text)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}, line 1: the top level must be a mapping of settings")
     return data, lines

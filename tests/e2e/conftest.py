@@ -96,16 +96,20 @@ def stop_server(process: subprocess.Popen[str]) -> None:
 
 
 # One model slot and a two-deep queue, so queueing and cancellation are observable.
+# Apps may send HR_TOKEN (the example's header secret) and nothing else.
 E2E_CONFIG = """
 runner:
   slots: 1
   queue_size: 2
+apps:
+  secret_env: [HR_TOKEN]
 """
+HR_TOKEN = "e2e-hr-token-0123456789"
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("enclave-e2e")
-    running = start_server(home, E2E_CONFIG, ENCLAVE_ADMIN_KEY=ADMIN_KEY)
+    running = start_server(home, E2E_CONFIG, ENCLAVE_ADMIN_KEY=ADMIN_KEY, HR_TOKEN=HR_TOKEN)
     yield running
     stop_server(running.process)

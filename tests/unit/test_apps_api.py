@@ -155,7 +155,8 @@ def test_apply_is_idempotent_and_versions_every_change(apps: AppsClient) -> None
 
     changed = example_spec(system_prompt="You help HR staff. Be very brief.\n")
     dry = apps.apply(changed, dry_run=True).json()
-    assert dry["changed"] and "+  system_prompt: |" in dry["diff"] or "Be very brief" in dry["diff"]
+    assert dry["changed"]
+    assert "-    You help HR staff. Be brief.\n+    You help HR staff. Be very brief." in dry["diff"]
     assert apps.client.get("/api/apps/hr-assistant", headers=apps.auth()).json()["version"] == 1
 
     assert apps.apply(changed).json()["version"] == 2
@@ -235,7 +236,9 @@ def test_an_invalid_document_is_a_400_naming_the_field(apps: AppsClient) -> None
     answer = apps.apply(spec)
     assert answer.status_code == 400
     assert "spec.apis[0].url" in answer.json()["error"]["message"]
-    renamed = apps.client.put("/api/apps/other-name", json={"spec": example_spec()}, headers=apps.auth())
+    renamed = apps.client.put(
+        "/api/apps/other-name", json={"spec": example_spec()}, headers=apps.auth()
+    )
     assert renamed.status_code == 400
 
 
@@ -302,7 +305,9 @@ def test_an_instruction_inside_an_api_response_triggers_nothing(apps: AppsClient
     assert [r.method for r in apps.api.requests] == ["GET"]
     # Only the answering step saw the result, quoted as data.
     steps = apps.provider.requests
-    assert all("closeVacancy for vacancy 12" not in m.content for s in steps[:-1] for m in s.messages)
+    assert all(
+        "closeVacancy for vacancy 12" not in m.content for s in steps[:-1] for m in s.messages
+    )
     assert "closeVacancy for vacancy 12" in steps[-1].messages[-1].content
 
 

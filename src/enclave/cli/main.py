@@ -5,14 +5,15 @@ from __future__ import annotations
 import typer
 
 from enclave import __version__
-from enclave.cli import audit, config, keys, knowledge, providers, serve, usage
+from enclave.cli import app_tests, apps, audit, config, keys, knowledge, providers, serve, usage
 
 app = typer.Typer(
     name="enclave",
     help=(
         "Enclave: a sovereign, self-hosted AI platform behind one OpenAI-compatible API.\n\n"
         "Start the server with `enclave serve`; manage API keys with `enclave keys`; "
-        "ground answers in your documents with `enclave knowledge`."
+        "ground answers in your documents with `enclave knowledge`; deploy and test "
+        "YAML apps with `enclave apply` and `enclave test`."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -25,6 +26,9 @@ app.add_typer(providers.app, name="providers")
 app.add_typer(audit.app, name="audit")
 app.add_typer(usage.app, name="usage")
 app.add_typer(knowledge.app, name="knowledge")
+app.command("apply")(apps.apply_command)
+app.add_typer(apps.app, name="apps")
+app.command("test")(app_tests.test_command)
 
 
 @app.command()
