@@ -56,7 +56,7 @@ class Handler(BaseHTTPRequestHandler):
             return False
         return True
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         if not self._authorised():
             return
         url = urlsplit(self.path)
@@ -77,7 +77,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, {"error": f"no route GET {url.path}"})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if not self._authorised():
             return
         if urlsplit(self.path).path != "/api/vacancies":
@@ -100,7 +100,7 @@ class Handler(BaseHTTPRequestHandler):
             }
             self._send(201, VACANCIES[number])
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         if not self._authorised():
             return
         match = _VACANCY.match(urlsplit(self.path).path)

@@ -291,6 +291,12 @@ class AppsConfig(StrictModel):
             "match (at most three)."
         ),
     )
+    answer_max_tokens: int = Field(
+        512,
+        ge=16,
+        le=32768,
+        description="Tokens an app's answer may have when the request sets no max_tokens.",
+    )
     call_timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of one API call.")
     max_response_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest API response read; larger ones fail the call."

@@ -54,9 +54,12 @@ def policies(server: Server) -> None:
 def test_the_example_applies_and_passes_its_tests(
     server: Server, policies: None, tmp_path: Path
 ) -> None:
-    applied = cli(server, "apply", "-f", str(EXAMPLE))
-    assert applied.returncode == 0, applied.stderr
+    applied = cli(server, "apply", "--test", "-f", str(EXAMPLE))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
     assert "hr-assistant: created (version 1)" in applied.stdout
+    with server.http() as http:
+        recorded = http.get("/api/apps/hr-assistant").json()["test_results"]
+    assert [t["status"] for t in recorded["tests"]] == ["passed"] * 4
     again = cli(server, "apply", "-f", str(EXAMPLE / "app.yaml"))
     assert "hr-assistant: unchanged (version 1)" in again.stdout
 

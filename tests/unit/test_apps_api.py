@@ -156,7 +156,9 @@ def test_apply_is_idempotent_and_versions_every_change(apps: AppsClient) -> None
     changed = example_spec(system_prompt="You help HR staff. Be very brief.\n")
     dry = apps.apply(changed, dry_run=True).json()
     assert dry["changed"]
-    assert "-    You help HR staff. Be brief.\n+    You help HR staff. Be very brief." in dry["diff"]
+    assert (
+        "-    You help HR staff. Be brief.\n+    You help HR staff. Be very brief." in dry["diff"]
+    )
     assert apps.client.get("/api/apps/hr-assistant", headers=apps.auth()).json()["version"] == 1
 
     assert apps.apply(changed).json()["version"] == 2
@@ -204,6 +206,10 @@ def test_the_app_store_lists_name_description_and_avatar(apps: AppsClient) -> No
     assert avatar.content == (EXAMPLE / "hr.png").read_bytes()
     models = apps.client.get("/v1/models", headers=apps.auth()).json()["data"]
     assert {"id": "app/hr-assistant", "owned_by": "app"}.items() <= models[-1].items()
+    one = apps.client.get("/v1/models/app/hr-assistant", headers=apps.auth())
+    assert one.json()["id"] == "app/hr-assistant"
+    other = apps.client.get("/v1/models/app/hr-assistant", headers=apps.auth(apps.other_key()))
+    assert other.status_code == 404
 
 
 @pytest.mark.parametrize(

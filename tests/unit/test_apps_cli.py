@@ -259,7 +259,7 @@ def test_apply_with_tests_applies_only_when_they_pass(
 ) -> None:
     gated: list[str] = []
 
-    def run_gate(client: Any, manifest: AppManifest) -> bool:
+    def run_gate(client: Any, manifest: AppManifest, **_: Any) -> bool:
         gated.append(manifest.name)
         return passed
 

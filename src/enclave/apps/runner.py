@@ -474,7 +474,12 @@ class AppRunner:
     async def _decide_action(
         self, call: Call, app: LoadedApp, action_id: str, *, confirming: bool
     ) -> Answer:
+        """Confirm or cancel a pending action of this app from within the conversation."""
         principal = call.principal
+        if self.actions.get(principal.workspace_id, action_id).app_name != app.name:
+            raise InvalidRequest(
+                f"Action '{action_id}' belongs to another app.", param="enclave", code="wrong_app"
+            )
         if not confirming:
             action = self.actions.claim(principal.workspace_id, action_id, "cancelled")
             headers = await self.gateway.answer_without_model(call, "cancelled")
@@ -524,6 +529,8 @@ class AppRunner:
             turns.append({"role": "user", "content": self._results_prompt(question, done)})
         body = {k: v for k, v in call.body.items() if k in PASSED_FIELDS}
         body["model"] = spec.model
+        if "max_tokens" not in body and "max_completion_tokens" not in body:
+            body["max_tokens"] = self.config.answer_max_tokens
         body["messages"] = ([{"role": "system", "content": system}] if system else []) + turns
         sub = _sub_call(call, body, stream=call.streaming)
 

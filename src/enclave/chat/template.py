@@ -71,10 +71,24 @@ class ChatTemplate:
     def bos_token(self) -> str:
         return self._bos_token
 
+    def neutralise(self, text: str) -> str:
+        """``text`` with anything that would tokenize as a control token broken up.
+
+        The rendered prompt is tokenized with special tokens enabled (the
+        template's own ``<|im_start|>`` must become one token), so a message
+        containing ``<|im_start|>system`` could otherwise open a turn of its
+        own. A zero-width space after ``<`` keeps the text readable.
+        """
+        text = text.replace("<|", "<\u200b|")
+        for token in (self._bos_token, self._eos_token):
+            if token and token in text:
+                text = text.replace(token, token[:1] + "\u200b" + token[1:])
+        return text
+
     def render(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
         plain: list[dict[str, str]] = []
         for message in messages:
-            content = message.content
+            content = self.neutralise(message.content)
             if message.role == "assistant" and message.tool_calls:
                 calls = "".join(
                     render_tool_call_text(call.name, call.arguments) for call in message.tool_calls

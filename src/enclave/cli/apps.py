@@ -39,9 +39,11 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's JSO
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 
 
-def _client(config: Path | None, url: str | None, key: str | None) -> ApiClient:
+def _client(
+    config: Path | None, url: str | None, key: str | None, *, timeout: float = 60.0
+) -> ApiClient:
     base, secret = server(config, url, key)
-    return ApiClient(base, secret)
+    return ApiClient(base, secret, timeout=timeout)
 
 
 def _console() -> Console:
@@ -82,8 +84,10 @@ def apply_command(
       enclave apply -f hr-assistant.yaml --test
     """
     manifests = _load_all(files)
-    with _client(config, url, key) as client:
-        if test and not _gate(client, manifests):
+    # Tests wait for model answers, which can take minutes on a busy CPU.
+    with _client(config, url, key, timeout=300.0 if test else 60.0) as client:
+        reports: dict[str, Any] = {}
+        if test and not _gate(client, manifests, reports):
             raise typer.Exit(1)
         if len(manifests) > 1 and not dry_run:
             for manifest in manifests:
@@ -91,6 +95,11 @@ def apply_command(
         for manifest in manifests:
             answer = _put(client, manifest, dry_run=dry_run)
             _report(answer, dry_run)
+            if manifest.name in reports and not dry_run:
+                # Kept with the version just applied: the app store shows it.
+                client.call(
+                    "POST", f"/api/apps/{manifest.name}/test-results", json=reports[manifest.name]
+                )
 
 
 def _load_all(files: list[Path]) -> list[AppManifest]:
@@ -122,11 +131,17 @@ def _load_all(files: list[Path]) -> list[AppManifest]:
     return manifests
 
 
-def _gate(client: ApiClient, manifests: list[AppManifest]) -> bool:
-    """Run every app's tests once; False (after saying so) if any failed."""
-    from enclave.apps.evals.gate import run_gate  # the test runner: only for --test
+def _gate(client: ApiClient, manifests: list[AppManifest], reports: dict[str, Any]) -> bool:
+    """Run every app's tests once; False (after saying so) if any failed.
 
-    failed = [m.name for m in manifests if not run_gate(client, m)]
+    Fills ``reports`` with each app's report as JSON, to record after applying.
+    """
+    from enclave.apps.evals.gate import run_gate  # the test runner: only for --test
+    from enclave.apps.evals.report import to_json
+
+    runs: dict[str, Any] = {}
+    failed = [m.name for m in manifests if not run_gate(client, m, reports=runs)]
+    reports.update({name: to_json(report) for name, report in runs.items()})
     for manifest in manifests:
         if manifest.name in failed:
             typer.secho(f"{manifest.name}: tests failed, not applied", fg="red", err=True)

@@ -57,10 +57,18 @@ async def list_models(
 
 
 @router.get("/models/{model_id:path}", summary="Describe a model")
-async def get_model(model_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
+async def get_model(
+    model_id: str,
+    principal: Principal = Depends(require_principal),
+    svc: Services = Depends(services),
+) -> dict[str, Any]:
     for name, owner in svc.gateway.routing.model_ids():
         if name == model_id:
             return model_object(name, owner, svc.started)
+    app = parse_model_id(model_id)
+    if app is not None and svc.apps is not None:
+        await asyncio.to_thread(svc.apps.load, principal.workspace_id, *app)  # 404 if absent
+        return model_object(model_id, "app", svc.started)
     target = svc.gateway.routing.targets.get(model_id)
     if target is not None:
         return model_object(target.model, target.provider, svc.started)
