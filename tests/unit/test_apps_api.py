@@ -431,3 +431,17 @@ def test_example_yaml_is_the_issue_spec(apps: AppsClient) -> None:
         "capital needs no API",
         "vacancies call the API",
     ]
+
+
+def test_api_results_pass_through_the_detectors(apps: AppsClient) -> None:
+    spec = example_spec()
+    del spec["spec"]["classification"]
+    apps.apply(spec)
+    apps.api.vacancies = [{"id": 12, "title": "Welder", "contact_iban": "DE89370400440532013000"}]
+    answer = apps.chat("Which vacancies are open?")
+    assert answer.status_code == 200
+    # The routing steps saw no IBAN; the answer step quoted one, so it is confidential.
+    assert answer.headers["x-enclave-classification"] == "confidential"
+    entries = [e for e in apps.audit() if e["endpoint"] == "/v1/chat/completions"]
+    assert [e["classification"] for e in entries][-1] == "confidential"
+    assert {"type": "iban", "count": 1} in entries[-1]["findings"]

@@ -49,7 +49,6 @@ import numpy as np
 import orjson
 
 from enclave.api.openai.protocol import ChatCompletionRequest
-from enclave.api.openai.responses import fixed_chat_body, fixed_chat_stream
 from enclave.apps.actions import ACTION_ID_PATTERN, Action, ActionStore
 from enclave.apps.calls import CallError, CallResult, call_operation, render_result, resolve_headers
 from enclave.apps.openapi import Operation, tidy_arguments
@@ -644,12 +643,4 @@ def _result_dict(record: ToolCallRecord) -> dict[str, Any]:
 def _fixed(
     call: Call, app: LoadedApp, text: str, fields: dict[str, Any], headers: dict[str, str]
 ) -> Answer:
-    model = app.model_id
-    if call.streaming:
-        return Answer(
-            200,
-            headers,
-            stream=fixed_chat_stream(model, text, fields),
-            media_type="text/event-stream",
-        )
-    return Answer(200, headers, body=orjson.dumps(fixed_chat_body(model, text, fields)))
+    return Answer.fixed_chat(headers, app.model_id, text, fields, stream=call.streaming)

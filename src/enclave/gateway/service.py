@@ -94,6 +94,26 @@ class Answer:
     stream: AsyncIterator[bytes] | None = None
     media_type: str = "application/json"
 
+    @classmethod
+    def fixed_chat(
+        cls,
+        headers: dict[str, str],
+        model: str,
+        text: str,
+        extra: dict[str, Any],
+        *,
+        stream: bool,
+    ) -> Answer:
+        """A chat answer decided in code (no model): a body, or the same as a stream."""
+        if stream:
+            return cls(
+                200,
+                headers,
+                stream=responses.fixed_chat_stream(model, text, extra),
+                media_type="text/event-stream",
+            )
+        return cls(200, headers, body=orjson.dumps(responses.fixed_chat_body(model, text, extra)))
+
     def add_fields(self, fields: dict[str, Any]) -> Answer:
         """Add top-level fields to a successful chat answer: to the body, or as a final
         ``choices: []`` chunk of a stream. Errors pass unchanged."""

@@ -34,12 +34,7 @@ from typing import Any
 import orjson
 
 from enclave.api.openai.protocol import ChatCompletionRequest
-from enclave.api.openai.responses import (
-    DONE,
-    fixed_chat_body,
-    fixed_chat_stream,
-    sse,
-)
+from enclave.api.openai.responses import DONE, sse
 from enclave.errors import InvalidRequest
 from enclave.gateway.service import Answer, Call, Gateway
 from enclave.knowledge.citations import Citation, cite
@@ -265,14 +260,7 @@ class GroundedChat:
             "grounding": grounding,
         }
         model = str(call.body.get("model", ""))
-        if call.streaming:
-            return Answer(
-                200,
-                headers,
-                stream=fixed_chat_stream(model, text, extra),
-                media_type="text/event-stream",
-            )
-        return Answer(200, headers, body=orjson.dumps(fixed_chat_body(model, text, extra)))
+        return Answer.fixed_chat(headers, model, text, extra, stream=call.streaming)
 
 
 def _claim_sources(disagreement: Disagreement) -> tuple[tuple[str, str], ...]:
