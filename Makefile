@@ -6,8 +6,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# tests/browser drive Debian's chromium through Playwright (which cannot download
+# browsers offline). Root installs it directly, anyone else through sudo.
+CHROMIUM    := /usr/bin/chromium
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: install run test test-unit lint format bench clean
+.PHONY: install browser run test test-unit lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,10 +25,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Only `make test` needs a browser; `make run` and `make lint` never install one.
+browser:
+	@test -x $(CHROMIUM) || { \
+	  echo "Installing chromium for tests/browser (apt-get)"; \
+	  $(APT_INSTALL) chromium >/dev/null 2>&1 \
+	  || { $(SUDO) apt-get update -qq && $(APT_INSTALL) chromium >/dev/null; }; \
+	}
+
 run: install
 	$(BIN)/enclave serve
 
-test: install
+test: install browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install

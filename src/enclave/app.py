@@ -19,8 +19,9 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from enclave import __version__
-from enclave.api import health
+from enclave.api import admin_routes, health, ui_auth
 from enclave.api.apps import routes as apps_routes
+from enclave.api.conversations import routes as conversation_routes
 from enclave.api.deps import Services
 from enclave.api.errors import install_error_handlers
 from enclave.api.knowledge import routes as knowledge_routes
@@ -31,8 +32,11 @@ from enclave.apps.actions import ActionStore
 from enclave.apps.runner import AppRunner
 from enclave.apps.service import AppService
 from enclave.auth.keys import KeyService
+from enclave.auth.sessions import SessionService
+from enclave.chat.conversations import ConversationService
 from enclave.errors import ConfigError, EnclaveError
 from enclave.gateway.audit import AuditLog, audit_head_path
+from enclave.gateway.audit_reader import AuditReader
 from enclave.gateway.classification import Classifier, Levels
 from enclave.gateway.detectors import DetectorSet
 from enclave.gateway.limits import Limiter, limiter_from_url
@@ -48,6 +52,7 @@ from enclave.metrics import Metrics
 from enclave.providers.registry import ModelRegistry
 from enclave.settings import Settings, resolve_secret
 from enclave.storage.db import open_database
+from enclave.ui import pages as ui_pages
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +224,9 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
             inference=inference,
             gateway=gateway,
             metrics=metrics,
+            sessions=SessionService(sessions, keys, settings.ui.session_ttl_s),
+            conversations=ConversationService(sessions),
+            audit_reader=AuditReader(sessions, audit, audit_head_path(settings)),
             metrics_token=metrics_token,
         )
         start_knowledge(services, sessions)
@@ -257,6 +265,12 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     app.include_router(knowledge_routes.router)
     app.include_router(apps_routes.router)
     app.include_router(apps_routes.actions)
+    app.include_router(conversation_routes.router)
+    app.include_router(admin_routes.router)
+    app.include_router(ui_auth.router)
+    # The web UI: pages at /, /login, /knowledge, /apps, /admin; its files at /static.
+    app.include_router(ui_pages.router)
+    app.mount(ui_pages.STATIC_PATH, ui_pages.static_files(), name="static")
     app.add_middleware(openai_routes.GatewayFastPath, fastapi_app=app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     upload_limit = settings.knowledge.max_document_bytes + 1024 * 1024  # + multipart framing

@@ -320,6 +320,30 @@ class AppsConfig(StrictModel):
     max_avatar_bytes: int = Field(256 * 1024, ge=1024, description="Largest app avatar image.")
 
 
+class UiConfig(StrictModel):
+    """The web UI's sign-in sessions (``ui:``)."""
+
+    session_ttl_s: int = Field(
+        28800,
+        ge=300,
+        le=30 * 86400,
+        description="Seconds a UI session lasts after sign-in (it ends sooner if its key does).",
+    )
+    answer_max_tokens: int = Field(
+        1024,
+        ge=16,
+        le=32768,
+        description="Length cap of an answer in a UI conversation.",
+    )
+    secure_cookies: bool = Field(
+        False,
+        description=(
+            "Always mark the session cookie Secure. Without it the cookie is Secure only on "
+            "requests that arrive over https; set it behind a TLS-terminating proxy."
+        ),
+    )
+
+
 def default_providers() -> list[ProviderConfig]:
     return [
         ProviderConfig(
@@ -397,6 +421,7 @@ class Settings(BaseSettings):
     )
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     apps: AppsConfig = Field(default_factory=AppsConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
     # After providers, so that its validator can see them.
     default_model: str = Field(
         "smollm2-135m", description="Model used when a request names the model 'default'."

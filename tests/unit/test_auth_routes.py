@@ -1,7 +1,8 @@
-"""No route except the health checks answers without a valid key.
+"""No route except the health checks and the sign-in answers without a valid key.
 
 The test walks the app's route table, so a route added later without
-authentication fails here.
+authentication fails here. API routes answer 401; the web UI's pages refuse
+by sending the browser to the sign-in page (303 to ``/login``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.routing import Route
 
+from enclave.api import ui_auth
 from enclave.api.health import PUBLIC_PATHS
 from enclave.app import create_app
 from enclave.providers.registry import ModelRegistry
 from enclave.settings import Settings
 from enclave.testing.scripted import ScriptedProvider
 from tests.conftest import ScriptedApp
+
+# The health checks, the sign-in form post, and the web UI's sign-in page.
+PUBLIC = PUBLIC_PATHS | ui_auth.PUBLIC_PATHS | {"/login"}
 
 
 def concrete(path: str) -> str:
@@ -56,23 +61,43 @@ def test_the_route_table_is_not_empty(scripted: ScriptedApp) -> None:
     assert {"/v1/chat/completions", "/v1/models", "/metrics", "/api/keys"} <= paths
 
 
-def test_every_non_health_route_refuses_requests_without_a_key(scripted: ScriptedApp) -> None:
+def is_page(method: str, path: str) -> bool:
+    return method == "GET" and not path.startswith(("/api/", "/v1/", "/ui/", "/metrics"))
+
+
+def assert_refused(method: str, path: str, response: Any) -> None:
+    if is_page(method, path):
+        assert response.status_code == 303, (method, path, response.text)
+        assert response.headers["location"].startswith("/login"), (method, path)
+        return
+    assert response.status_code == 401, (method, path, response.text)
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_every_non_public_route_refuses_requests_without_a_key(scripted: ScriptedApp) -> None:
     for method, path in routes(scripted):
-        if path in PUBLIC_PATHS:
+        if path in PUBLIC:
             continue
-        response = scripted.client.request(method, path, json={})
-        assert response.status_code == 401, (method, path, response.text)
-        assert response.headers["WWW-Authenticate"] == "Bearer"
+        response = scripted.client.request(method, path, json={}, follow_redirects=False)
+        assert_refused(method, path, response)
 
 
-def test_every_non_health_route_refuses_a_wrong_key(scripted: ScriptedApp) -> None:
+def test_every_non_public_route_refuses_a_wrong_key_or_session(scripted: ScriptedApp) -> None:
+    wrong_key = scripted.auth("ek-not-a-real-key-aaaaaaaaaaaa")
     for method, path in routes(scripted):
-        if path in PUBLIC_PATHS:
+        if path in PUBLIC:
             continue
         response = scripted.client.request(
-            method, path, json={}, headers=scripted.auth("ek-not-a-real-key-aaaaaaaaaaaa")
+            method, path, json={}, headers=wrong_key, follow_redirects=False
         )
-        assert response.status_code == 401, (method, path)
+        assert_refused(method, path, response)
+        scripted.client.cookies.set("enclave_session", "not-a-session")
+        response = scripted.client.request(method, path, json={}, follow_redirects=False)
+        scripted.client.cookies.clear()
+        if path == "/ui/logout":  # an ended session is simply forgotten
+            assert response.status_code == 303, response.text
+            continue
+        assert_refused(method, path, response)
 
 
 def test_health_checks_are_open(scripted: ScriptedApp) -> None:

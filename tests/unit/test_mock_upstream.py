@@ -414,3 +414,58 @@ def test_record_false_keeps_no_log() -> None:
     ):
         assert c.models.list().data
         assert server.requests == []
+
+
+# ------------------------------------------------------------- fixed reply
+HOSTILE = "Here is <script>x = 1</script> and **bold** text."
+
+
+def test_a_fixed_reply_is_streamed_in_pieces_and_answered_whole() -> None:
+    with (
+        running_mock_upstream(reply=HOSTILE, chunks=3) as server,
+        OpenAI(base_url=server.url, api_key="x", max_retries=0, timeout=5) as c,
+    ):
+        chunks = list(
+            c.chat.completions.create(
+                model="bot",
+                messages=[{"role": "user", "content": "hi"}],
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_headers={"x-mock-chunks": "2"},  # a fixed reply ignores it
+            )
+        )
+        answer = c.chat.completions.create(
+            model="bot", messages=[{"role": "user", "content": "hi"}]
+        )
+        text = c.completions.create(model="bot", prompt="hi")
+    pieces = [ch.choices[0].delta.content for ch in chunks[:-1]]
+    assert pieces[:3] == ["Here ", "is ", "<script>x "]
+    assert "".join(p or "" for p in pieces) == HOSTILE
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == len(pieces) == 8
+    assert answer.choices[0].message.content == HOSTILE
+    assert answer.usage is not None
+    assert answer.usage.completion_tokens == 8
+    assert text.choices[0].text == HOSTILE
+
+
+def test_the_command_line_takes_a_fixed_reply() -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "enclave.testing.mock_upstream", "--port", "0", "--reply", HOSTILE],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        with OpenAI(base_url=url, api_key="x", max_retries=0, timeout=5) as c:
+            answer = c.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert answer.choices[0].message.content == HOSTILE
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

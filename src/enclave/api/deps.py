@@ -3,11 +3,18 @@
 Routers attach :func:`require_principal` (or :func:`require_admin`) as a
 router-level dependency, so a route cannot be added to them without
 authentication. ``tests/unit/test_auth_routes.py`` walks the route table to
-prove no route except the health checks answers without a key.
+prove no route except the public ones answers without a key.
+
+A caller proves who it is in one of two ways (:func:`authenticate_request`):
+an ``Authorization: Bearer <key>`` header (programs), or the web UI's session
+cookie (browsers, ``auth/sessions.py``). The header wins when both are sent.
+With the cookie, a request that can change something (anything but GET, HEAD
+and OPTIONS) must also carry the session's CSRF token in ``X-CSRF-Token``.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from dataclasses import dataclass, field
 
@@ -18,7 +25,10 @@ from enclave.apps.runner import AppRunner
 from enclave.apps.service import AppService
 from enclave.auth.keys import KeyService
 from enclave.auth.principals import Principal
+from enclave.auth.sessions import CSRF_HEADER, SESSION_COOKIE, SessionService
+from enclave.chat.conversations import ConversationService
 from enclave.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
+from enclave.gateway.audit_reader import AuditReader
 from enclave.gateway.service import Gateway
 from enclave.inference import InferenceService
 from enclave.knowledge.grounding import GroundedChat
@@ -39,6 +49,9 @@ class Services:
     inference: InferenceService
     gateway: Gateway
     metrics: Metrics
+    sessions: SessionService
+    conversations: ConversationService
+    audit_reader: AuditReader
     metrics_token: str | None = None
     started: int = field(default_factory=lambda: int(time.time()))
     # None when no embedding model is configured; `knowledge_problem` says why.
@@ -71,18 +84,64 @@ def services(request: Request) -> Services:
     return svc
 
 
+def missing_api_key() -> AuthenticationFailed:
+    return AuthenticationFailed(
+        "Missing API key. Send 'Authorization: Bearer <key>'.", code="missing_api_key"
+    )
+
+
 def bearer_token(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationFailed(
-            "Missing API key. Send 'Authorization: Bearer <key>'.", code="missing_api_key"
-        )
+        raise missing_api_key()
     return token.strip()
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def authenticate_request(request: Request, svc: Services) -> Principal:
+    """Who is calling: the Bearer key if there is an ``Authorization`` header, else the
+    session cookie (plus the CSRF token for unsafe methods).
+
+    Raises ``AuthenticationFailed`` (401: no credentials, a bad key, an ended session)
+    or ``PermissionDenied`` with code ``csrf_failed`` (403).
+    """
+    if "authorization" in request.headers:  # the hot path: one lookup, then the key cache
+        return svc.keys.authenticate(bearer_token(request))
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        raise missing_api_key()
+    resolved = svc.sessions.resolve(cookie)
+    if resolved is None:
+        raise AuthenticationFailed("Your session has ended. Sign in again.", code="session_expired")
+    principal, csrf = resolved
+    if request.method not in SAFE_METHODS:
+        check_csrf(request.headers.get(CSRF_HEADER), csrf)
+    return principal
+
+
+def check_csrf(sent: str | None, expected: str) -> None:
+    """Constant-time comparison of a presented CSRF token with the session's."""
+    if not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise PermissionDenied(
+            f"This request needs the session's CSRF token in the {CSRF_HEADER} header.",
+            code="csrf_failed",
+        )
+
+
+def browser_session(request: Request, svc: Services) -> tuple[Principal, str] | None:
+    """The principal and CSRF token of the request's session cookie, or None.
+
+    For pages: they redirect to the sign-in page instead of answering 401.
+    """
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return svc.sessions.resolve(cookie) if cookie else None
+
+
 async def require_principal(request: Request, svc: Services = Depends(services)) -> Principal:
-    principal = svc.keys.authenticate(bearer_token(request))
+    principal = authenticate_request(request, svc)
     request.state.principal = principal
     return principal
 

@@ -7,7 +7,9 @@ strong as a password KDF here, and it keeps verification to one indexed
 lookup. Verified keys are cached for a few seconds so the hot path does not
 touch the database on every request; revocation through this service clears
 the cache at once, and the short TTL bounds how long a key revoked by another
-process (the CLI) still works.
+process (the CLI) still works. Browser sessions hold a key id rather than the
+secret; :meth:`KeyService.principal_for_key_id` checks that key with the same
+cache and the same revocation and expiry rules.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import sessionmaker
 
 from enclave.auth.principals import Principal
@@ -27,6 +31,10 @@ from enclave.storage.models import ApiKeyRow, WorkspaceRow
 
 KEY_PREFIX = "ek-"
 CACHE_SECONDS = 5.0
+
+_K = TypeVar("_K", str, int)
+# (valid until, on the monotonic clock; the principal; the key's expiry)
+_Cached = tuple[float, Principal, datetime | None]
 
 
 def generate_key() -> str:
@@ -64,7 +72,8 @@ class KeyService:
 
     def __init__(self, sessions: sessionmaker) -> None:
         self._sessions = sessions
-        self._cache: dict[str, tuple[float, Principal, datetime | None]] = {}
+        self._cache: dict[str, _Cached] = {}
+        self._by_id: dict[int, _Cached] = {}
 
     def ensure_workspace(self, name: str) -> int:
         with self._sessions.begin() as session:
@@ -123,26 +132,60 @@ class KeyService:
     def authenticate(self, secret: str) -> Principal:
         """Return the principal for a presented key, or raise ``AuthenticationFailed``."""
         digest = hash_key(secret)
+        return self._verified(self._cache, digest, lambda: ApiKeyRow.key_hash == digest)
+
+    def principal_for_key_id(self, key_id: int) -> Principal:
+        """The principal of a key known by id (a browser session's), checked like
+        :meth:`authenticate`: ``AuthenticationFailed`` once it is revoked or expired."""
+        return self._verified(self._by_id, key_id, lambda: ApiKeyRow.id == key_id)
+
+    def _verified(
+        self,
+        cache: dict[_K, _Cached],
+        cache_key: _K,
+        condition: Callable[[], ColumnElement[bool]],
+    ) -> Principal:
+        # ``condition`` is built only on a cache miss: this runs on every gateway request.
         now = time.monotonic()
-        cached = self._cache.get(digest)
+        cached = cache.get(cache_key)
         if cached is None or cached[0] < now:
             with self._sessions() as session:
                 found = session.execute(
                     select(ApiKeyRow, WorkspaceRow.name)
                     .join(WorkspaceRow, WorkspaceRow.id == ApiKeyRow.workspace_id)
-                    .where(ApiKeyRow.key_hash == digest)
+                    .where(condition())
                 ).first()
             if found is None or found[0].revoked_at is not None:
-                self._cache.pop(digest, None)
+                cache.pop(cache_key, None)
                 raise AuthenticationFailed("Invalid API key.")
             row, workspace = found
             principal = Principal(row.id, row.name, row.workspace_id, workspace, row.is_admin)
             cached = (now + CACHE_SECONDS, principal, row.expires_at)
-            self._cache[digest] = cached
+            cache[cache_key] = cached
         _, principal, expires_at = cached
         if expires_at is not None and expires_at <= datetime.now(UTC):
             raise AuthenticationFailed("This API key has expired.", code="expired_api_key")
         return principal
+
+    def workspaces(self) -> list[tuple[str, int]]:
+        """Every workspace with its number of active (not revoked, not expired) keys."""
+        now = datetime.now(UTC)
+        active = (
+            select(ApiKeyRow.workspace_id, func.count(ApiKeyRow.id).label("active"))
+            .where(
+                ApiKeyRow.revoked_at.is_(None),
+                or_(ApiKeyRow.expires_at.is_(None), ApiKeyRow.expires_at > now),
+            )
+            .group_by(ApiKeyRow.workspace_id)
+            .subquery()
+        )
+        with self._sessions() as session:
+            rows = session.execute(
+                select(WorkspaceRow.name, func.coalesce(active.c.active, 0))
+                .outerjoin(active, active.c.workspace_id == WorkspaceRow.id)
+                .order_by(WorkspaceRow.name)
+            ).all()
+        return [(name, int(keys)) for name, keys in rows]
 
     def list(self, workspace: str | None = None) -> list[KeyInfo]:
         with self._sessions() as session:
@@ -167,6 +210,7 @@ class KeyService:
             if row.revoked_at is None:
                 row.revoked_at = datetime.now(UTC)
             self._cache.pop(row.key_hash, None)
+            self._by_id.pop(row.id, None)
             return self._info(row, workspace)
 
     @staticmethod

@@ -1,1 +1,2 @@
-"""Turning chat requests into prompts and constraints for local engines."""
+"""Chat: prompts and constraints for local engines, which engine answers a request
+(``dispatch``), and the web UI's stored conversations (``conversations``)."""

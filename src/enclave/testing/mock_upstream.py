@@ -19,7 +19,10 @@ Endpoints (``/v1`` prefix optional):
     the request asked for ``stream_options.include_usage``, then
     ``data: [DONE]``. ``prompt_tokens`` is the number of whitespace-separated
     words in the prompt (all message contents), at least 1.
-    ``completion_tokens`` is K.
+    ``completion_tokens`` is K. A server made with a fixed ``reply`` (the
+    ``--reply`` option) answers that text instead, split after each space
+    into pieces ("Here ", "is ", ...), so K is the number of pieces and
+    ``x-mock-chunks`` has no effect.
 ``POST /v1/embeddings``
     One deterministic unit vector per input, derived from the input's text.
     ``encoding_format: "base64"`` (what the ``openai`` client sends by
@@ -60,6 +63,7 @@ import base64
 import contextlib
 import hashlib
 import math
+import re
 import struct
 import sys
 import threading
@@ -141,6 +145,11 @@ def _token(i: int) -> str:
     return f"tok{i} "
 
 
+def _reply_pieces(reply: str) -> list[str]:
+    """A fixed reply as stream pieces: split after each space, spaces kept."""
+    return [piece for piece in re.split(r"(?<= )", reply) if piece] or [reply]
+
+
 def _frame(data: bytes) -> bytes:
     """One HTTP/1.1 chunk."""
     return b"%x\r\n%s\r\n" % (len(data), data)
@@ -191,7 +200,7 @@ class _Templates:
     body_head: bytes  # a non-streamed body up to its "usage" member
 
 
-def _build_templates(chat: bool, model: str, k: int) -> _Templates:
+def _build_templates(chat: bool, model: str, pieces: Sequence[str]) -> _Templates:
     created = int(time.time())
     if chat:
         ident, obj, chunk_obj = "chatcmpl-mock", "chat.completion", "chat.completion.chunk"
@@ -201,21 +210,20 @@ def _build_templates(chat: bool, model: str, k: int) -> _Templates:
     if chat:
         base["system_fingerprint"] = "fp_mock"
     chunks = []
-    for i in range(k):
+    k = len(pieces)
+    for i, piece in enumerate(pieces):
         finish = "stop" if i == k - 1 else None
         choice: dict[str, Any]
         if chat:
-            delta = (
-                {"role": "assistant", "content": _token(i)} if i == 0 else {"content": _token(i)}
-            )
+            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": _token(i), "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}
         event = b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
         chunks.append(_frame(event))
     # Drop the closing brace so the per-request usage member can follow.
     usage_head = b"data: " + orjson.dumps({**base, "choices": []})[:-1] + b","
-    text = "".join(_token(i) for i in range(k))
+    text = "".join(pieces)
     if chat:
         answer: dict[str, Any] = {
             "index": 0,
@@ -245,6 +253,7 @@ class MockUpstream:
         delay: float = 0.0,
         embedding_dim: int = 8,
         record: bool = True,
+        reply: str | None = None,
     ) -> None:
         if not models:
             raise ValueError("models must name at least one model")
@@ -258,6 +267,8 @@ class MockUpstream:
         self.chunks = chunks
         self.delay = delay
         self.embedding_dim = embedding_dim
+        # A fixed answer (e.g. hostile Markdown for the UI's rendering tests).
+        self.reply = reply
         # A server that runs for a whole benchmark turns this off: nobody reads
         # its log, and a million records would be a gigabyte.
         self.record = record
@@ -270,7 +281,7 @@ class MockUpstream:
         self._port = 0
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
-        self._templates: dict[tuple[bool, str, int], _Templates] = {}
+        self._templates: dict[tuple[bool, str, int, str | None], _Templates] = {}
         self._models_body = orjson.dumps(
             {"object": "list", "data": [self._model_card(m) for m in self.models]}
         )
@@ -318,12 +329,15 @@ class MockUpstream:
 
     # -------------------------------------------------------------- answers
     def _templates_for(self, chat: bool, model: str, k: int) -> _Templates:
-        key = (chat, model, k)
+        """The answer's templates: K tokens, or the fixed reply (K is then ignored)."""
+        reply = self.reply
+        key = (chat, model, 0 if reply is not None else k, reply)
         found = self._templates.get(key)
         if found is None:
             if len(self._templates) >= _TEMPLATE_CACHE_LIMIT:
                 self._templates.clear()
-            found = self._templates[key] = _build_templates(chat, model, k)
+            pieces = _reply_pieces(reply) if reply is not None else [_token(i) for i in range(k)]
+            found = self._templates[key] = _build_templates(chat, model, pieces)
         return found
 
     def _embeddings_body(self, body: dict[str, Any], model: str) -> bytes:
@@ -533,6 +547,7 @@ class _Connection(asyncio.Protocol):
         model = str(body.get("model") or server.models[0])
         prompt = _prompt_tokens(body)
         tpl = server._templates_for(chat, model, k)
+        k = len(tpl.stream_chunks)
         usage = _USAGE % (prompt, k, prompt + k)
 
         if not body.get("stream"):
@@ -620,10 +635,16 @@ def running_mock_upstream(
     delay: float = 0.0,
     embedding_dim: int = 8,
     record: bool = True,
+    reply: str | None = None,
 ) -> Iterator[MockUpstream]:
     """Run a ``MockUpstream`` on its own event loop in a daemon thread."""
     server = MockUpstream(
-        models=models, chunks=chunks, delay=delay, embedding_dim=embedding_dim, record=record
+        models=models,
+        chunks=chunks,
+        delay=delay,
+        embedding_dim=embedding_dim,
+        record=record,
+        reply=reply,
     )
     loop = _new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="mock-upstream", daemon=True)
@@ -648,6 +669,7 @@ async def _serve(args: argparse.Namespace) -> None:
         delay=args.delay,
         embedding_dim=args.embedding_dim,
         record=False,
+        reply=args.reply,
     )
     await server.start(args.host, args.port)
     print(f"mock upstream on {server.url}", flush=True)
@@ -668,6 +690,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each chunk")
     parser.add_argument("--models", default="mock", help="comma-separated model ids")
     parser.add_argument("--embedding-dim", type=int, default=8)
+    parser.add_argument(
+        "--reply", default=None, help="answer every completion with this text (split on spaces)"
+    )
     args = parser.parse_args(argv)
     loop = _new_event_loop()
     try:

@@ -4,8 +4,11 @@
 endpoints are plain Starlette endpoints on purpose: they are the gateway's
 hot path, and FastAPI's per-request dependency and serialisation machinery
 would cost more CPU than the rest of the gateway together. Each one
-authenticates, parses the body with the same pydantic models, and hands a
-:class:`~enclave.gateway.service.Call` to the gateway.
+authenticates (:func:`~enclave.api.deps.authenticate_request`: the Bearer
+header first, else the UI's session cookie), parses the body with the same
+pydantic models, and hands a :class:`~enclave.gateway.service.Call` to the
+gateway (chat through :func:`~enclave.chat.dispatch.dispatch_chat`, which
+picks an app, grounded chat or the gateway).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from enclave.api.deps import Services, bearer_token, require_principal, services
+from enclave.api.deps import Services, authenticate_request, require_principal, services
 from enclave.api.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -29,10 +32,10 @@ from enclave.api.openai.protocol import (
 )
 from enclave.apps.service import parse_model_id
 from enclave.auth.principals import Principal
+from enclave.chat.dispatch import dispatch_chat
 from enclave.errors import InvalidRequest, ModelNotFound
 from enclave.gateway.classification import CLASSIFICATION_HEADER
 from enclave.gateway.service import SSE_HEADERS, Call, Wire
-from enclave.knowledge.grounding import knowledge_options
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_principal)])
 
@@ -94,7 +97,7 @@ def _endpoint(capability: str, model: type[Wire]) -> Any:
     async def endpoint(request: Request) -> Response:
         svc: Services = request.app.state.services
         request.scope["route"] = ROUTES[request.scope["path"]]  # for the metrics' route label
-        principal = svc.keys.authenticate(bearer_token(request))
+        principal = authenticate_request(request, svc)
         request.state.principal = principal
         body, wire = _parse(await request.body(), model)
         call = Call(
@@ -105,12 +108,8 @@ def _endpoint(capability: str, model: type[Wire]) -> Any:
             classification_header=request.headers.get(CLASSIFICATION_HEADER),
             received=request.state.received,
         )
-        app = parse_model_id(str(body.get("model", ""))) if capability == "chat" else None
-        options = knowledge_options(body) if capability == "chat" and app is None else None
-        if app is not None:
-            answer = await svc.require_apps()[1].handle(call, *app)
-        elif options is not None:
-            answer = await svc.require_grounding().handle(call, options)
+        if capability == "chat":
+            answer = await dispatch_chat(svc, call)
         else:
             answer = await svc.gateway.handle(call)
         request.state.model = answer.headers.get("x-enclave-model", "none")

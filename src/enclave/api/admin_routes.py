@@ -1,0 +1,69 @@
+"""``/api/admin``: what the admin page shows besides keys and usage (admin key only).
+
+Workspaces with their floor class and active keys, pages of the audit log
+(newest first, filtered by workspace, outcome and time; ``next_before`` pages
+on by ``seq``), and a verification of the audit chain on demand, after the
+entries still queued are written. See :mod:`enclave.gateway.audit_reader`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+
+from enclave.api.deps import Services, require_admin, services
+
+router = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)])
+
+
+@router.get("/workspaces", summary="Workspaces with their classification and active keys")
+async def workspaces(svc: Services = Depends(services)) -> dict[str, Any]:
+    found = await asyncio.to_thread(svc.keys.workspaces)
+    lowest = svc.gateway.routing.levels.lowest
+    data = [
+        {
+            "name": name,
+            "classification": svc.gateway.policy(name).classification or lowest,
+            "keys": keys,
+        }
+        for name, keys in found
+    ]
+    return {"object": "list", "data": data}
+
+
+@router.get("/audit", summary="Audit log entries, newest first")
+async def audit(
+    workspace: str | None = None,
+    outcome: str | None = None,
+    since: datetime | None = Query(None, description="ISO 8601; without a zone: UTC."),
+    before: int | None = Query(None, ge=1, description="Only entries with a smaller seq."),
+    limit: int = Query(100, ge=1, le=1000),
+    svc: Services = Depends(services),
+) -> dict[str, Any]:
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    page = await asyncio.to_thread(
+        svc.audit_reader.entries,
+        workspace=workspace,
+        outcome=outcome,
+        since=since,
+        before=before,
+        limit=limit,
+    )
+    return {"object": "list", "data": page.entries, "next_before": page.next_before}
+
+
+@router.post("/audit/verify", summary="Verify the audit log's hash chain")
+async def verify_audit(svc: Services = Depends(services)) -> dict[str, Any]:
+    result = await asyncio.to_thread(svc.audit_reader.verify)
+    return {
+        "ok": result.ok,
+        "entries": result.entries,
+        "first_bad": result.first_bad,
+        "reason": result.reason,
+        "head_hash": result.head_hash,
+        "notes": list(result.notes),
+    }

@@ -1,0 +1,1 @@
+"""The web UI: server-rendered pages and the static files they load (see ``docs/ui.md``)."""
