@@ -171,7 +171,8 @@ def announce_admin_key(secret: str) -> None:
     print(
         "\n  Enclave created an admin API key. It is shown only this once:\n\n"
         f"    {secret}\n\n"
-        "  Store it now. Create more with `enclave keys create`.\n",
+        "  Store it now. Sign in to the web UI or send it as a Bearer key;\n"
+        "  create more with `enclave keys create`.\n",
         file=sys.stderr,
         flush=True,
     )

@@ -46,9 +46,9 @@ def serve(
     except ConfigError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    typer.echo(
-        f"Enclave listening on http://{settings.host}:{settings.port}  (home: {settings.home})"
-    )
+    base = f"http://{settings.host}:{settings.port}"
+    typer.echo(f"Enclave listening on {base}  (home: {settings.home})")
+    typer.echo(f"  web UI: {base}/   OpenAI-compatible API: {base}/v1")
     uvicorn.run(
         app,
         host=settings.host,
