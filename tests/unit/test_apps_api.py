@@ -42,7 +42,7 @@ def respond(request: GenerationRequest) -> str:
     properties = schema.get("properties") or {}
     if "operation" in properties:  # the routing decision
         options = properties["operation"]["enum"]
-        named = [name for name in options if name != "none" and name in seen.split("tool:")[-1]]
+        named = [name for name in options if name != "none" and name in seen]
         return json.dumps({"operation": named[0] if named else options[0]})
     if request.response_format.kind == "json_schema":  # arguments
         if "body" in properties:

@@ -57,7 +57,13 @@ from enclave.auth.principals import Principal
 from enclave.errors import Conflict, InvalidRequest, UpstreamUnavailable
 from enclave.gateway.audit import AuditRecord
 from enclave.gateway.service import Answer, Call, Gateway
-from enclave.knowledge.grounding import GroundedChat, KnowledgeOptions, last_user_text
+from enclave.knowledge.grounding import (
+    GroundedChat,
+    KnowledgeOptions,
+    last_user_text,
+    message_text,
+    operator_instructions,
+)
 from enclave.knowledge.service import Embedder
 from enclave.knowledge.text import content_words
 from enclave.settings import AppsConfig
@@ -95,7 +101,6 @@ _ACTION_ID = re.compile(ACTION_ID_PATTERN)
 class ToolCallRecord:
     """One API call an answer made (or tried to make)."""
 
-    api: str
     operation: Operation
     arguments: dict[str, Any]
     result: CallResult | None = None
@@ -106,7 +111,7 @@ class ToolCallRecord:
         result = self.result
         return {
             "id": self.id,
-            "api": self.api,
+            "api": self.operation.api,
             "operation": self.operation.key,
             "operation_id": self.operation.operation_id,
             "arguments": self.arguments,
@@ -189,7 +194,7 @@ def conversation(messages: Sequence[Any]) -> list[dict[str, Any]]:
     for message in messages:
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
             continue
-        text = last_user_text([{**message, "role": "user"}])
+        text = message_text(message)
         if text:
             turns.append({"role": message["role"], "content": text})
     return turns
@@ -247,7 +252,7 @@ class AppRunner:
             if operation is None:
                 break
             tried.add(operation.key)
-            record = ToolCallRecord(operation.api, operation, {})
+            record = ToolCallRecord(operation, {})
             records.append(record)
             try:
                 record.arguments = await self._arguments(call, app, operation, question)
@@ -500,7 +505,7 @@ class AppRunner:
                 code="action_not_pending",
             )
         action = self.actions.claim(principal.workspace_id, action_id, "executed")
-        record = ToolCallRecord(action.api, operation, action.arguments)
+        record = ToolCallRecord(operation, action.arguments)
         await self._execute(principal, app, record)
         self.actions.record_result(action.id, _result_dict(record))
         return action, record
@@ -510,13 +515,7 @@ class AppRunner:
     ) -> Answer:
         spec = app.manifest.spec
         messages = call.body.get("messages") or []
-        operator = [
-            m["content"]
-            for m in messages
-            if isinstance(m, dict)
-            and m.get("role") in ("system", "developer")
-            and isinstance(m.get("content"), str)
-        ]
+        operator = operator_instructions(messages)
         system = "\n\n".join(part for part in [spec.system_prompt.strip(), *operator] if part)
         turns = conversation(messages)
         done = [r for r in records if r.result is not None or r.error is not None]

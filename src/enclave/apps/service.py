@@ -22,7 +22,7 @@ import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -35,17 +35,13 @@ from enclave.apps.spec import ApiSpec, AppManifest
 from enclave.errors import InvalidRequest, ModelNotFound, NotFound
 from enclave.gateway.classification import Levels
 from enclave.gateway.routing import RoutingTable
-from enclave.knowledge.service import KnowledgeService
+from enclave.knowledge.service import KnowledgeService, utc_now
 from enclave.settings import AppsConfig
 from enclave.storage.models import AppDraftRow, AppRow, AppVersionRow
 
 APP_MODEL_PREFIX = "app/"
 _MODEL_ID = re.compile(r"^app/([a-z0-9][a-z0-9-]{0,62})(?:@(drf_[a-z0-9]+))?$")
 _DATA_URI = re.compile(r"^data:(image/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=\s]+)$")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class AppNotFound(NotFound):
@@ -467,8 +463,13 @@ class AppService:
     # -- serving -------------------------------------------------------------
 
     def load(self, workspace_id: int, name: str, ref: str | None = None) -> LoadedApp:
-        """The app to serve: its current version, a given version (``"3"``) or a draft."""
+        """The app to serve: its current version, a given version (``"3"``) or a draft.
+
+        Parsed apps are cached by (workspace, name, version or draft id): versions
+        never change, so only which version is current is read per request.
+        """
         with self.sessions() as session:
+            draft = None
             if ref is not None and ref.startswith("drf_"):
                 draft = session.get(AppDraftRow, ref)
                 if (
@@ -478,22 +479,23 @@ class AppService:
                     or draft.expires_at < utc_now()
                 ):
                     raise AppNotFound(f"{name}@{ref}")
-                key = (workspace_id, name, ref)
-                spec_json, version = draft.spec_json, None
+                version, key = None, (workspace_id, name, ref)
             else:
                 row = self._app_row(session, workspace_id, name)
-                number = int(ref) if ref else row.current_version
-                key = (workspace_id, name, str(number))
-                cached = self._loaded.get(key)
-                if cached is not None:
-                    return cached
-                version_row = self._version_row(session, row.id, number)
+                version = int(ref) if ref else row.current_version
+                key = (workspace_id, name, str(version))
+            cached = self._loaded.get(key)
+            if cached is not None:
+                self._loaded.move_to_end(key)
+                return cached
+            if draft is not None:
+                spec_json = draft.spec_json
+            else:
+                assert version is not None
+                version_row = self._version_row(session, row.id, version)
                 if version_row is None:
-                    raise AppNotFound(f"{name} version {number}")
-                spec_json, version = version_row.spec_json, number
-        cached = self._loaded.get(key)
-        if cached is not None:
-            return cached
+                    raise AppNotFound(f"{name} version {version}")
+                spec_json = version_row.spec_json
         manifest = AppManifest.model_validate(json.loads(spec_json))
         apis = {}
         for api in manifest.spec.apis:

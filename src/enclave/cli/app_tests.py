@@ -16,7 +16,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from enclave.apps.evals.report import (
     BaselineError,
@@ -33,7 +32,7 @@ from enclave.apps.evals.runner import DraftError, run_tests
 from enclave.apps.manifest import ManifestError, find_app_files, load_app_file
 from enclave.apps.spec import AppManifest, AppTest
 from enclave.cli.client import ApiClient, KeyOption, UrlOption, fail, server
-from enclave.cli.common import ConfigOption
+from enclave.cli.common import ConfigOption, progress_bar
 
 # A test's steps wait on a model that may call APIs; allow slow CPU models.
 REQUEST_TIMEOUT_S = 300.0
@@ -215,7 +214,7 @@ def _run_all(
     reports: list[Report] = []
     problems: list[tuple[str, DraftError]] = []
     err = Console(stderr=True)
-    with _progress(err) as progress:
+    with progress_bar(err, transient=True, only_on_terminal=True) as progress:
         task = progress.add_task("testing", total=total_runs)
         started = 0
         for manifest, tests in selected:
@@ -249,15 +248,3 @@ def _run_all(
             reports.append(report)
         progress.update(task, description="done", completed=total_runs)
     return reports, problems
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )

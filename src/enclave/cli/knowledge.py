@@ -13,11 +13,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from enclave.cli.client import ApiClient, KeyOption, UrlOption, fail, server
-from enclave.cli.common import ConfigOption
+from enclave.cli.common import ConfigOption, progress_bar
 
 app = typer.Typer(
     help=(
@@ -148,7 +148,7 @@ def add(
         fail("nothing to add: no file matched", 2)
     console = Console(stderr=True)
     outcomes: dict[str, dict[str, Any]] = {}
-    with _client(config, url, key) as client, _progress(console) as progress:
+    with _client(config, url, key) as client, progress_bar(console, transient=False) as progress:
         task = progress.add_task("uploading", total=len(items))
         for name, source in items:
             progress.update(task, description=f"uploading {name}")
@@ -162,17 +162,6 @@ def add(
     _summary(console, outcomes, wait)
     if any(d["document"]["status"] == "failed" for d in outcomes.values()):
         raise typer.Exit(1)
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 def _upload(

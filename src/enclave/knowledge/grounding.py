@@ -95,19 +95,36 @@ def knowledge_options(body: dict[str, Any]) -> KnowledgeOptions | None:
     return KnowledgeOptions(tuple(names), top_k, None if threshold is None else float(threshold))
 
 
+def message_text(message: Any) -> str:
+    """The text of one chat message: its string content, or its text parts joined."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
 def last_user_text(messages: Sequence[Any]) -> str:
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(
-                    part["text"]
-                    for part in content
-                    if isinstance(part, dict) and isinstance(part.get("text"), str)
-                )
+            return message_text(message)
     return ""
+
+
+def operator_instructions(messages: Sequence[Any]) -> list[str]:
+    """The client's system (or developer) messages: instructions that follow ours."""
+    return [
+        m["content"]
+        for m in messages
+        if isinstance(m, dict)
+        and m.get("role") in ("system", "developer")
+        and isinstance(m.get("content"), str)
+    ]
 
 
 def quote_source(number: int, passage: Passage) -> str:
@@ -129,13 +146,7 @@ def quote_source(number: int, passage: Passage) -> str:
 
 def grounded_messages(messages: list[Any], passages: Sequence[Passage]) -> list[dict[str, Any]]:
     """The conversation with our instructions first and the sources in the last user turn."""
-    operator = [
-        m["content"]
-        for m in messages
-        if isinstance(m, dict)
-        and m.get("role") in ("system", "developer")
-        and isinstance(m.get("content"), str)
-    ]
+    operator = operator_instructions(messages)
     system = SYSTEM_PROMPT
     if operator:
         system += "\n\nInstructions from the operator:\n" + "\n".join(operator)
