@@ -28,7 +28,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,14 +39,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from enclave.api.openai.responses import fixed_chat_stream, sse, sse_error
 from enclave.auth.principals import Principal
+from enclave.chat.transcript import ANSWER_FIELDS, AnswerTranscript
 from enclave.errors import NotFound
 from enclave.gateway.service import Answer
 from enclave.storage.models import ConversationMessageRow, ConversationRow
 
 log = logging.getLogger(__name__)
 
-# Top-level fields of a final ``choices: []`` chunk that an answer keeps.
-ANSWER_FIELDS = ("citations", "disagreement", "grounding", "app")
 TITLE_CHARS = 60
 
 
@@ -80,53 +79,6 @@ class Turn:
 def title_from(text: str) -> str:
     """A conversation title from its first message: one line, at most 60 characters."""
     return re.sub(r"\s+", " ", text).strip()[:TITLE_CHARS]
-
-
-@dataclass
-class AnswerTranscript:
-    """What an OpenAI chat SSE stream said: the assistant text and the extra fields."""
-
-    parts: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-    _pending: bytes = b""
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def feed(self, data: bytes) -> None:
-        """Read the complete events in ``data``; an incomplete trailing one waits."""
-        *events, self._pending = (self._pending + data).split(b"\n\n")
-        for event in events:
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:"):
-                    self._read(line[5:].strip())
-
-    def _read(self, payload: bytes) -> None:
-        if payload == b"[DONE]":
-            return
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(chunk, dict):
-            return
-        if "error" in chunk:
-            self.extra["error"] = chunk["error"]
-            return
-        choices = chunk.get("choices")
-        if not isinstance(choices, list):
-            return
-        if not choices:
-            self.extra.update({name: chunk[name] for name in ANSWER_FIELDS if name in chunk})
-            return
-        for choice in choices:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta")
-            content = delta.get("content") if isinstance(delta, dict) else None
-            if isinstance(content, str):
-                self.parts.append(content)
 
 
 def chat_body(

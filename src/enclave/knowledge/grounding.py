@@ -35,6 +35,7 @@ import orjson
 
 from enclave.api.openai.protocol import ChatCompletionRequest
 from enclave.api.openai.responses import DONE, sse
+from enclave.chat.transcript import AnswerTranscript
 from enclave.errors import InvalidRequest
 from enclave.gateway.service import Answer, Call, Gateway
 from enclave.knowledge.citations import Citation, cite
@@ -288,9 +289,7 @@ async def _cite_stream(
     citations that hold are listed.
     """
     pending = b""
-    texts: list[str] = []
-    base: dict[str, Any] = {}
-    failed = False
+    transcript = AnswerTranscript()
     try:
         async for data in stream:
             pending += data
@@ -300,11 +299,11 @@ async def _cite_stream(
             complete, pending = pending[:cut], pending[cut:]
             for event in complete.split(b"\n\n")[:-1]:
                 if event.startswith(b"data: [DONE]"):
-                    if not failed:
-                        _, citations = cite("".join(texts), passages, rewrite=False)
+                    if not transcript.failed:
+                        _, citations = cite(transcript.text, passages, rewrite=False)
                         yield sse(
                             {
-                                **base,
+                                **transcript.base,
                                 "choices": [],
                                 "citations": [c.as_dict() for c in citations],
                                 "disagreement": None,
@@ -313,8 +312,7 @@ async def _cite_stream(
                         )
                     yield DONE
                     continue
-                _read_event(event, texts, base)
-                failed = failed or event.startswith(b'data: {"error"')
+                transcript.read_event(event)
                 yield event + b"\n\n"
         if pending:
             yield pending
@@ -322,27 +320,3 @@ async def _cite_stream(
         close = getattr(stream, "aclose", None)
         if close is not None:
             await close()
-
-
-def _read_event(event: bytes, texts: list[str], base: dict[str, Any]) -> None:
-    if not event.startswith(b"data: {"):
-        return
-    try:
-        chunk = orjson.loads(event[6:])
-    except orjson.JSONDecodeError:
-        return
-    if not isinstance(chunk, dict):
-        return
-    if not base and "id" in chunk:
-        base.update(
-            {
-                key: chunk.get(key)
-                for key in ("id", "object", "created", "model", "system_fingerprint")
-            }
-        )
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        if isinstance(delta, dict) and choice.get("index", 0) == 0:
-            content = delta.get("content")
-            if isinstance(content, str):
-                texts.append(content)
