@@ -8,7 +8,6 @@ server rejects as invalid).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -31,8 +30,8 @@ from enclave.apps.evals.report import (
 from enclave.apps.evals.runner import DraftError, run_tests
 from enclave.apps.manifest import ManifestError, find_app_files, load_app_file
 from enclave.apps.spec import AppManifest, AppTest
-from enclave.cli.client import ApiClient, KeyOption, UrlOption, fail, server
-from enclave.cli.common import ConfigOption, progress_bar
+from enclave.cli.client import ApiClient, KeyOption, UrlOption, connect, fail
+from enclave.cli.common import ConfigOption, output_console, progress_bar
 
 # A test's steps wait on a model that may call APIs; allow slow CPU models.
 REQUEST_TIMEOUT_S = 300.0
@@ -167,11 +166,10 @@ def test_command(
     if total_runs == 0:
         typer.echo("no tests to run", err=True)
     else:
-        with ApiClient(*server(config, url, key), timeout=REQUEST_TIMEOUT_S) as client:
+        with connect(config, url, key, timeout=REQUEST_TIMEOUT_S) as client:
             options = RunOptions(repeat, judge_model, fixture_host, only or None, min_pass_rate)
             reports, problems = _run_all(client, selected, options, total_runs)
-    # Piped output is not cut to 80 columns: CI logs keep whole failure messages.
-    out = Console(width=None if sys.stdout.isatty() else 200)
+    out = output_console()
     report = merge(reports)
     regressions = compare(report, previous) if previous is not None else []
     if report.results:

@@ -12,18 +12,16 @@ anything is written.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from enclave.apps.manifest import ManifestError, canonical, find_app_files, load_app_file
+from enclave.apps.openapi import METHODS
 from enclave.apps.spec import AppManifest
-from enclave.cli.client import ApiClient, KeyOption, UrlOption, fail, server
-from enclave.cli.common import ConfigOption
+from enclave.cli.client import ApiClient, KeyOption, UrlOption, connect, fail
+from enclave.cli.common import ConfigOption, JsonOption, output_console, plain_table
 
 app = typer.Typer(
     help=(
@@ -35,21 +33,6 @@ app = typer.Typer(
 )
 
 NameArgument = Annotated[str, typer.Argument(help="The app's name, e.g. hr-assistant.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's JSON.")]
-HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
-
-
-def _client(
-    config: Path | None, url: str | None, key: str | None, *, timeout: float = 60.0
-) -> ApiClient:
-    base, secret = server(config, url, key)
-    return ApiClient(base, secret, timeout=timeout)
-
-
-def _console() -> Console:
-    # Piped output is not cut to 80 columns: scripts and tests read whole names.
-    return Console(width=None if sys.stdout.isatty() else 400)
-
 
 # -- enclave apply -------------------------------------------------------------
 
@@ -85,7 +68,7 @@ def apply_command(
     """
     manifests = _load_all(files)
     # Tests wait for model answers, which can take minutes on a busy CPU.
-    with _client(config, url, key, timeout=300.0 if test else 60.0) as client:
+    with connect(config, url, key, timeout=300.0 if test else 60.0) as client:
         reports: dict[str, Any] = {}
         if test and not _gate(client, manifests, reports):
             raise typer.Exit(1)
@@ -198,7 +181,7 @@ def list_(
 
     Example: enclave apps list
     """
-    with _client(config, url, key) as client:
+    with connect(config, url, key) as client:
         data = client.call("GET", "/api/apps")["data"]
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -206,7 +189,7 @@ def list_(
     if not data:
         typer.echo("no apps yet (enclave apply -f app.yaml)")
         return
-    table = _table("NAME", "VERSION", "MODEL", "UPDATED", "DESCRIPTION")
+    table = plain_table("NAME", "VERSION", "MODEL", "UPDATED", "DESCRIPTION")
     for item in data:
         table.add_row(
             item["name"],
@@ -215,7 +198,7 @@ def list_(
             _when(item.get("updated_at")),
             item.get("description") or "",
         )
-    _console().print(table)
+    output_console().print(table)
 
 
 @app.command()
@@ -230,7 +213,7 @@ def get(
 
     Example: enclave apps get hr-assistant
     """
-    with _client(config, url, key) as client:
+    with connect(config, url, key) as client:
         answer = client.call("GET", f"/api/apps/{name}")
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
@@ -270,7 +253,7 @@ def _operation_count(api: dict[str, Any]) -> int:
         for item in paths.values()
         if isinstance(item, dict)
         for method in item
-        if method in HTTP_METHODS
+        if method in METHODS
     )
 
 
@@ -285,7 +268,7 @@ def export(
 
     Example: enclave apps export hr-assistant > hr-assistant.yaml
     """
-    with _client(config, url, key) as client:
+    with connect(config, url, key) as client:
         text = client.call("GET", f"/api/apps/{name}")["yaml"]
     typer.echo(text, nl=not text.endswith("\n"))
 
@@ -302,12 +285,12 @@ def history(
 
     Example: enclave apps history hr-assistant
     """
-    with _client(config, url, key) as client:
+    with connect(config, url, key) as client:
         data = client.call("GET", f"/api/apps/{name}/versions")["data"]
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    table = _table("VERSION", "CREATED", "BY", "SOURCE")
+    table = plain_table("VERSION", "CREATED", "BY", "SOURCE")
     for item in data:
         marker = " *" if item.get("current") else ""
         table.add_row(
@@ -316,7 +299,7 @@ def history(
             str(item["created_by"]) if item.get("created_by") is not None else "-",
             item.get("source") or "",
         )
-    _console().print(table)
+    output_console().print(table)
 
 
 @app.command()
@@ -331,7 +314,7 @@ def rollback(
 
     Example: enclave apps rollback hr-assistant --to 2
     """
-    with _client(config, url, key) as client:
+    with connect(config, url, key) as client:
         answer = client.call("POST", f"/api/apps/{name}/rollback", json={"to": to})
     name, version = answer["name"], answer["version"]
     if answer.get("changed") is False:
@@ -354,16 +337,9 @@ def delete(
     """
     if not yes:
         typer.confirm(f"Delete app '{name}' and all its versions?", abort=True)
-    with _client(config, url, key) as client:
+    with connect(config, url, key) as client:
         client.call("DELETE", f"/api/apps/{name}")
     typer.echo(f"deleted app '{name}'")
-
-
-def _table(*columns: str) -> Table:
-    table = Table(box=None)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
 
 
 def _when(timestamp: str | None) -> str:

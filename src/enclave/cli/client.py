@@ -43,6 +43,14 @@ def server(config: Path | None, url: str | None, key: str | None) -> tuple[str, 
     return url.rstrip("/"), key
 
 
+def connect(
+    config: Path | None, url: str | None, key: str | None, *, timeout: float = 60.0
+) -> ApiClient:
+    """An :class:`ApiClient` for the server and key the options name (see :func:`server`)."""
+    base, secret = server(config, url, key)
+    return ApiClient(base, secret, timeout=timeout)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(code)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from enclave.errors import ConfigError
 from enclave.settings import Settings, load_settings
@@ -21,6 +23,7 @@ ConfigOption = Annotated[
         show_default=False,
     ),
 ]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def settings_or_exit(config: Path | None, **overrides: Any) -> Settings:
@@ -47,3 +50,17 @@ def progress_bar(console: Console, *, transient: bool, only_on_terminal: bool = 
         transient=transient,
         disable=only_on_terminal and not console.is_terminal,
     )
+
+
+def output_console() -> Console:
+    """A console for tables on stdout; piped output is not cut to 80 columns,
+    so scripts, tests and CI logs read whole names and messages."""
+    return Console(width=None if sys.stdout.isatty() else 400)
+
+
+def plain_table(*columns: str) -> Table:
+    """A plain table whose cells wrap instead of being cut off with '…'."""
+    table = Table(box=None)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table

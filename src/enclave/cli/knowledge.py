@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -14,10 +13,15 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
-from enclave.cli.client import ApiClient, KeyOption, UrlOption, fail, server
-from enclave.cli.common import ConfigOption, progress_bar
+from enclave.cli.client import ApiClient, KeyOption, UrlOption, connect, fail
+from enclave.cli.common import (
+    ConfigOption,
+    JsonOption,
+    output_console,
+    plain_table,
+    progress_bar,
+)
 
 app = typer.Typer(
     help=(
@@ -43,11 +47,6 @@ TERMINAL = ("indexed", "failed")
 POLL_SECONDS = 0.5
 
 
-def _client(config: Path | None, url: str | None, key: str | None) -> ApiClient:
-    base, secret = server(config, url, key)
-    return ApiClient(base, secret)
-
-
 @app.command()
 def create(
     name: Annotated[str, typer.Argument(help="Name of the base, e.g. hr-policies.")],
@@ -65,7 +64,7 @@ def create(
     Example: enclave knowledge create hr-policies --classification internal
     """
     body = {"name": name, "description": description, "classification": classification}
-    with _client(config, url, key) as client:
+    with connect(config, url, key) as client:
         base = client.call("POST", "/api/knowledge", json=body)
     typer.echo(f"created knowledge base '{base['name']}' ({base['classification']})")
 
@@ -148,7 +147,7 @@ def add(
         fail("nothing to add: no file matched", 2)
     console = Console(stderr=True)
     outcomes: dict[str, dict[str, Any]] = {}
-    with _client(config, url, key) as client, progress_bar(console, transient=False) as progress:
+    with connect(config, url, key) as client, progress_bar(console, transient=False) as progress:
         task = progress.add_task("uploading", total=len(items))
         for name, source in items:
             progress.update(task, description=f"uploading {name}")
@@ -241,7 +240,7 @@ def list_(
     knowledge_base: Annotated[
         str | None, typer.Argument(help="List this base's documents (default: list the bases).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
     url: UrlOption = None,
     key: KeyOption = None,
     config: ConfigOption = None,
@@ -250,16 +249,16 @@ def list_(
 
     Example: enclave knowledge ls hr-policies
     """
-    with _client(config, url, key) as client:
+    with connect(config, url, key) as client:
         path = "/api/knowledge" + (f"/{knowledge_base}/documents" if knowledge_base else "")
         data = client.call("GET", path)["data"]
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
     # Piped output is not cut to 80 columns: scripts and tests read whole names.
-    console = Console(width=None if sys.stdout.isatty() else 400)
+    console = output_console()
     if knowledge_base is None:
-        table = _table("NAME", "CLASS", "DOCUMENTS", "CHUNKS", "DESCRIPTION")
+        table = plain_table("NAME", "CLASS", "DOCUMENTS", "CHUNKS", "DESCRIPTION")
         for base in data:
             table.add_row(
                 base["name"],
@@ -269,7 +268,7 @@ def list_(
                 base["description"],
             )
     else:
-        table = _table("ID", "NAME", "STATUS", "CHUNKS", "PAGES", "CLASS", "REASON")
+        table = plain_table("ID", "NAME", "STATUS", "CHUNKS", "PAGES", "CLASS", "REASON")
         for document in data:
             table.add_row(
                 str(document["id"]),
@@ -281,14 +280,6 @@ def list_(
                 document["reason"] or "",
             )
     console.print(table)
-
-
-def _table(*columns: str) -> Table:
-    """A plain table whose cells wrap instead of being cut off with '…'."""
-    table = Table(box=None)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
 
 
 @app.command()
@@ -307,7 +298,7 @@ def rm(
 
     Example: enclave knowledge rm hr-policies old/handbook-2019.pdf
     """
-    with _client(config, url, key) as client:
+    with connect(config, url, key) as client:
         if not documents:
             if not yes:
                 typer.confirm(
@@ -336,7 +327,7 @@ def query(
     threshold: Annotated[
         float | None, typer.Option(help="Minimum cosine similarity (default: the server's).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
     url: UrlOption = None,
     key: KeyOption = None,
     config: ConfigOption = None,
@@ -348,7 +339,7 @@ def query(
     if mode not in ("hybrid", "bm25", "dense"):
         fail("--mode must be hybrid, bm25 or dense", 2)
     body = {"query": text, "top_k": top_k, "mode": mode, "threshold": threshold}
-    with _client(config, url, key) as client:
+    with connect(config, url, key) as client:
         answer = client.call("POST", f"/api/knowledge/{knowledge_base}/query", json=body)
     if as_json:
         typer.echo(json.dumps(answer, indent=2))

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
 import typer
 
-from enclave.cli.client import ApiClient, KeyOption, UrlOption, server
-from enclave.cli.common import ConfigOption
+from enclave.cli.client import KeyOption, UrlOption, connect
+from enclave.cli.common import ConfigOption, JsonOption
 
 app = typer.Typer(help="Show the providers of a running server.", no_args_is_help=True)
 
@@ -17,15 +16,14 @@ app = typer.Typer(help="Show the providers of a running server.", no_args_is_hel
 def list_providers(
     url: UrlOption = None,
     key: KeyOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Each provider with its type, location, clearance, health and circuit state.
 
     Example: ENCLAVE_API_KEY=ek-... enclave providers list --url http://127.0.0.1:8080
     """
-    base, secret = server(config, url, key)
-    with ApiClient(base, secret, timeout=10) as client:
+    with connect(config, url, key, timeout=10) as client:
         providers = client.call("GET", "/api/providers")
     if as_json:
         typer.echo(json.dumps(providers, indent=2))
