@@ -16,8 +16,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +26,14 @@ import pytest
 import yaml
 
 from enclave.testing.mock_upstream import MockUpstream, running_mock_upstream
-from tests.e2e.conftest import ENCLAVE, Server, free_port, start_server, stop_server
+from tests.e2e.conftest import (
+    ENCLAVE,
+    EXAMPLE,
+    Server,
+    running_mock_hr_api,
+    start_server,
+    stop_server,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Playwright
@@ -36,7 +41,6 @@ if TYPE_CHECKING:
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ROOT = Path(__file__).parents[2]
-EXAMPLE = ROOT / "examples" / "hr-assistant"
 
 ADMIN_KEY = "ek-browser-admin-key-0123456789abcdef"
 HR_TOKEN = "browser-hr-token-0123456789"
@@ -122,27 +126,8 @@ def user_key(ui_server: Server) -> str:
 @pytest.fixture(scope="module")
 def hr_api() -> Iterator[str]:
     """The example's mock HR API; its base URL ends in ``/api``."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(EXAMPLE / "mock_hr_api.py"), "--port", str(port)],
-        env={"HR_TOKEN": HR_TOKEN, "PATH": ""},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(f"{url}/vacancies", timeout=1)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("the mock HR API did not start") from None
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_mock_hr_api(HR_TOKEN) as url:
+        yield url
 
 
 def hr_vacancy_titles(hr_api: str) -> list[str]:

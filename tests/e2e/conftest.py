@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from openai import OpenAI
 
 ADMIN_KEY = "ek-e2e-admin-key-0123456789abcdef"
 ENCLAVE = str(Path(sys.executable).parent / "enclave")
+EXAMPLE = Path(__file__).parents[2] / "examples" / "hr-assistant"
 
 
 def free_port() -> int:
@@ -93,6 +95,35 @@ def stop_server(process: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def running_mock_hr_api(token: str) -> Iterator[str]:
+    """The example's mock HR API on a free loopback port, demanding ``token``;
+    yields its base URL (ending in ``/api``)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLE / "mock_hr_api.py"), "--port", str(port)],
+        env={"HR_TOKEN": token, "PATH": ""},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(f"{url}/vacancies", timeout=1)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("the mock HR API did not start") from None
+            time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 # One model slot and a two-deep queue, so queueing and cancellation are observable.

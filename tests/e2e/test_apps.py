@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +14,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.conftest import ENCLAVE, HR_TOKEN, Server, free_port
+from tests.e2e.conftest import ENCLAVE, EXAMPLE, HR_TOKEN, Server, running_mock_hr_api
 
 pytestmark = pytest.mark.model
-
-EXAMPLE = Path(__file__).parents[2] / "examples" / "hr-assistant"
 
 
 def cli(server: Server, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -131,25 +127,8 @@ def test_apply_with_tests_refuses_a_failing_app(
 
 @pytest.fixture
 def hr_api() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(EXAMPLE / "mock_hr_api.py"), "--port", str(port)],
-        env={"HR_TOKEN": HR_TOKEN, "PATH": ""},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{url}/vacancies", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_mock_hr_api(HR_TOKEN) as url:
+        yield url
 
 
 def test_a_live_app_calls_the_api_and_writes_only_after_confirmation(

@@ -8,7 +8,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from enclave.apps.actions import ACTION_ID_PATTERN
-from enclave.chat.conversations import Conversation, Message
 
 ACTION_ID = f"^{ACTION_ID_PATTERN}$"
 
@@ -55,39 +54,27 @@ class MessagePost(BaseModel):
 
 
 class ConversationOut(BaseModel):
+    """A stored :class:`~enclave.chat.conversations.Conversation`, field for field."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     title: str | None
     model: str | None
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def of(cls, conversation: Conversation) -> ConversationOut:
-        return cls(
-            id=conversation.id,
-            title=conversation.title,
-            model=conversation.model,
-            created_at=conversation.created_at,
-            updated_at=conversation.updated_at,
-        )
-
 
 class MessageOut(BaseModel):
+    """A stored :class:`~enclave.chat.conversations.Message`, field for field."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     role: str
     content: str
     extra: dict[str, Any] | None
     created_at: datetime
-
-    @classmethod
-    def of(cls, message: Message) -> MessageOut:
-        return cls(
-            id=message.id,
-            role=message.role,
-            content=message.content,
-            extra=message.extra,
-            created_at=message.created_at,
-        )
 
 
 class ConversationDetail(ConversationOut):

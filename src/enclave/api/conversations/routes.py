@@ -53,7 +53,7 @@ async def list_conversations(
     conversations: ConversationService = Depends(conversation_service),
 ) -> dict[str, Any]:
     found = await asyncio.to_thread(conversations.list_for, principal)
-    return {"object": "list", "data": [ConversationOut.of(c) for c in found]}
+    return {"object": "list", "data": [ConversationOut.model_validate(c) for c in found]}
 
 
 @router.post("", status_code=201, summary="Start a conversation")
@@ -65,7 +65,7 @@ async def create_conversation(
     created = await asyncio.to_thread(
         conversations.create, principal, title=body.title, model=body.model
     )
-    return ConversationOut.of(created)
+    return ConversationOut.model_validate(created)
 
 
 @router.get("/{conversation_id}", summary="A conversation with its messages")
@@ -76,8 +76,8 @@ async def get_conversation(
 ) -> ConversationDetail:
     conversation, messages = await asyncio.to_thread(conversations.get, principal, conversation_id)
     return ConversationDetail(
-        **ConversationOut.of(conversation).model_dump(),
-        messages=[MessageOut.of(message) for message in messages],
+        **ConversationOut.model_validate(conversation).model_dump(),
+        messages=[MessageOut.model_validate(message) for message in messages],
     )
 
 
@@ -94,7 +94,7 @@ async def update_conversation(
         if name in body.model_fields_set
     }
     updated = await asyncio.to_thread(conversations.update, principal, conversation_id, changes)
-    return ConversationOut.of(updated)
+    return ConversationOut.model_validate(updated)
 
 
 @router.delete("/{conversation_id}", status_code=204, summary="Delete a conversation")
