@@ -9,6 +9,7 @@ entries still queued are written. See :mod:`enclave.gateway.audit_reader`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,11 +60,4 @@ async def audit(
 @router.post("/audit/verify", summary="Verify the audit log's hash chain")
 async def verify_audit(svc: Services = Depends(services)) -> dict[str, Any]:
     result = await asyncio.to_thread(svc.audit_reader.verify)
-    return {
-        "ok": result.ok,
-        "entries": result.entries,
-        "first_bad": result.first_bad,
-        "reason": result.reason,
-        "head_hash": result.head_hash,
-        "notes": list(result.notes),
-    }
+    return dataclasses.asdict(result)

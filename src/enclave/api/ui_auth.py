@@ -21,26 +21,18 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from starlette.responses import PlainTextResponse, RedirectResponse
+from starlette.responses import RedirectResponse
 
 from enclave.api.deps import Services, check_csrf, missing_api_key, services
 from enclave.auth.sessions import CSRF_HEADER, SESSION_COOKIE
 from enclave.errors import AuthenticationFailed
+from enclave.ui.pages import render_login, safe_next
 
 router = APIRouter(prefix="/ui")
 
 LOGIN_PATH = "/ui/login"
 # Routes of this module that answer without a key (the sign-in itself).
 PUBLIC_PATHS = frozenset({LOGIN_PATH})
-
-
-def safe_next(value: str | None) -> str:
-    """``value`` if it is a path on this site, else ``/``."""
-    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
-        return "/"
-    if any(ord(char) < 0x20 or char in "\\\x7f" for char in value):
-        return "/"
-    return value
 
 
 def posted_from_another_site(request: Request) -> bool:
@@ -52,18 +44,6 @@ def posted_from_another_site(request: Request) -> bool:
     proxies that rewrite ``Host``; clients that send none (not browsers) pass.
     """
     return request.headers.get("sec-fetch-site", "same-origin") in ("cross-site", "same-site")
-
-
-def render_login_error(
-    request: Request, error: str, next_path: str | None, status_code: int
-) -> Response:
-    """The login page again, with the error (the UI's template; plain text without it)."""
-    try:
-        from enclave.ui.pages import render_login
-    except ImportError:
-        return PlainTextResponse(error, status_code=status_code)
-    response: Response = render_login(request, error, next_path, status_code)
-    return response
 
 
 def set_session_cookie(response: Response, value: str, *, max_age: int, secure: bool) -> None:
@@ -82,19 +62,19 @@ def set_session_cookie(response: Response, value: str, *, max_age: int, secure: 
 async def login(request: Request, svc: Services = Depends(services)) -> Response:
     form = await _form(request)
     api_key = str(form.get("api_key") or "").strip()
-    next_path = safe_next(str(form.get("next") or ""))
+    next_path = safe_next(str(form.get("next") or "")) or "/"
     if posted_from_another_site(request):
-        return render_login_error(request, "Sign in from this site's login page.", next_path, 403)
+        return render_login(request, "Sign in from this site's login page.", next_path, 403)
     if not api_key:
-        return render_login_error(request, "Enter an API key.", next_path, 401)
+        return render_login(request, "Enter an API key.", next_path, 401)
     try:
         principal = svc.keys.authenticate(api_key)
     except AuthenticationFailed as exc:
-        return render_login_error(request, exc.message, next_path, 401)
+        return render_login(request, exc.message, next_path, 401)
     previous = request.cookies.get(SESSION_COOKIE)
     if previous:  # signing in again replaces the browser's session, never adds to it
         await asyncio.to_thread(svc.sessions.delete, previous)
-    session_id, _ = await asyncio.to_thread(svc.sessions.create, principal)
+    session_id = await asyncio.to_thread(svc.sessions.create, principal)
     response = RedirectResponse(next_path, status_code=303)
     secure = request.url.scheme == "https" or svc.settings.ui.secure_cookies
     set_session_cookie(response, session_id, max_age=svc.sessions.ttl_s, secure=secure)

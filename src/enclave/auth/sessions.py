@@ -21,14 +21,13 @@ on the cookie is a second line of the same defence.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from enclave.auth.keys import KeyService
+from enclave.auth.keys import KeyService, hash_key
 from enclave.auth.principals import Principal
 from enclave.errors import AuthenticationFailed
 from enclave.storage.models import UiSessionRow
@@ -36,10 +35,6 @@ from enclave.storage.models import UiSessionRow
 # The cookie that carries the session id, and the header that carries the CSRF token.
 SESSION_COOKIE = "enclave_session"
 CSRF_HEADER = "X-CSRF-Token"
-
-
-def session_hash(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode()).hexdigest()
 
 
 class SessionService:
@@ -50,10 +45,11 @@ class SessionService:
         self._keys = keys
         self.ttl_s = ttl_s
 
-    def create(self, principal: Principal) -> tuple[str, str]:
-        """Start a session for an authenticated key: ``(session id, csrf token)``.
+    def create(self, principal: Principal) -> str:
+        """Start a session for an authenticated key and return its id.
 
-        The session id goes into the cookie and is never stored.
+        The session id goes into the cookie and is never stored; the page
+        reads the CSRF token from :meth:`resolve`.
         """
         self.purge_expired()
         session_id = secrets.token_urlsafe(32)
@@ -62,21 +58,21 @@ class SessionService:
         with self._sessions.begin() as session:
             session.add(
                 UiSessionRow(
-                    id_hash=session_hash(session_id),
+                    id_hash=hash_key(session_id),
                     key_id=principal.key_id,
                     csrf_token=csrf,
                     created_at=now,
                     expires_at=now + timedelta(seconds=self.ttl_s),
                 )
             )
-        return session_id, csrf
+        return session_id
 
     def resolve(self, session_id: str) -> tuple[Principal, str] | None:
         """The principal and CSRF token of a live session; None when the session is
         unknown, expired, or its key no longer authenticates (the session is then ended)."""
         if not session_id:
             return None
-        digest = session_hash(session_id)
+        digest = hash_key(session_id)
         with self._sessions() as session:
             row = session.get(UiSessionRow, digest)
             if row is None:
@@ -94,15 +90,14 @@ class SessionService:
 
     def delete(self, session_id: str) -> None:
         """End a session (sign-out). Unknown ids are ignored."""
-        self._delete(session_hash(session_id))
+        self._delete(hash_key(session_id))
 
-    def purge_expired(self) -> int:
-        """Delete expired sessions; returns how many."""
+    def purge_expired(self) -> None:
+        """Delete expired sessions."""
         with self._sessions.begin() as session:
-            result = session.execute(
+            session.execute(
                 delete(UiSessionRow).where(UiSessionRow.expires_at <= datetime.now(UTC))
             )
-            return int(getattr(result, "rowcount", 0) or 0)
 
     def _delete(self, digest: str) -> None:
         with self._sessions.begin() as session:

@@ -34,7 +34,7 @@ from typing import Any
 
 import anyio
 import orjson
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from enclave.api.openai.responses import fixed_chat_stream, sse, sse_error
@@ -254,7 +254,8 @@ class ConversationService:
         deleted while the answer streamed)."""
         now = datetime.now(UTC)
         with self._sessions.begin() as session:
-            if session.get(ConversationRow, conversation_id) is None:
+            conversation = session.get(ConversationRow, conversation_id)
+            if conversation is None:
                 return None
             message = ConversationMessageRow(
                 conversation_id=conversation_id,
@@ -264,11 +265,7 @@ class ConversationService:
                 created_at=now,
             )
             session.add(message)
-            session.execute(
-                update(ConversationRow)
-                .where(ConversationRow.id == conversation_id)
-                .values(updated_at=now)
-            )
+            conversation.updated_at = now
             session.flush()
             return message.id
 

@@ -75,10 +75,11 @@ def static_files() -> StaticAssets:
 
 
 def safe_next(path: str | None) -> str | None:
-    """A same-site path to go to after sign-in, or None: never another origin."""
-    if not path or not path.startswith("/") or path.startswith(("//", "/\\")):
+    """A same-site path to go to after sign-in, or None: never another origin,
+    never a control character (header splitting), never the sign-in page itself."""
+    if not path or not path.startswith("/") or path.startswith(("//", "/\\", "/login")):
         return None
-    if any(ch in path for ch in "\r\n\t\\") or path.startswith("/login"):
+    if any(ord(char) < 0x20 or char in "\\\x7f" for char in path):
         return None
     return path
 
@@ -137,10 +138,18 @@ def _to_login(request: Request) -> RedirectResponse:
     )
 
 
-async def _page(request: Request, template: str, **context: Any) -> Response:
+async def _page(
+    request: Request, template: str, *, admin_only: bool = False, **context: Any
+) -> Response:
+    """``template`` for a signed-in browser; others go to sign-in, non-admins of an
+    ``admin_only`` page get 403 "Admins only"."""
     session = await _session(request)
     if session is None:
         return _to_login(request)
+    if admin_only and not session[0].is_admin:
+        return render(
+            request, "forbidden.html", status_code=403, session=session, title="Admins only"
+        )
     return render(request, template, session=session, **context)
 
 
@@ -180,13 +189,6 @@ async def app_page(request: Request, name: str) -> Response:
 
 @router.get("/admin")
 async def admin_page(request: Request) -> Response:
-    session = await _session(request)
-    if session is None:
-        return _to_login(request)
-    if not session[0].is_admin:
-        return render(
-            request, "forbidden.html", status_code=403, session=session, title="Admins only"
-        )
-    return render(
-        request, "admin.html", session=session, title="Admin", active="admin", script="admin.js"
+    return await _page(
+        request, "admin.html", admin_only=True, title="Admin", active="admin", script="admin.js"
     )

@@ -13,7 +13,6 @@ stored with the assistant's message), never as an HTTP error; see
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -162,7 +161,7 @@ async def post_message(
             body=payload,
             wire=wire,
             classification_header=request.headers.get(CLASSIFICATION_HEADER),
-            received=getattr(request.state, "received", time.perf_counter()),
+            received=request.state.received,
         )
         answer = await dispatch_chat(svc, call)
     except EnclaveError as exc:

@@ -527,7 +527,7 @@ async function respondToAction(action, kind, model) {
   scrollToEnd(true);
   const body = { content: null, model: appModel, [kind]: action.id };
   const result = await streamAnswer(state.conversationId, body, view);
-  return !result.failedBeforeStream && !result.error && !result.cancelled;
+  return !result.error && !result.cancelled;
 }
 
 // -- sending and streaming ---------------------------------------------------------
@@ -545,20 +545,13 @@ async function streamAnswer(conversationId, body, view) {
   const extra = {};
   let cancelled = false;
   let error = null;
-  let failedBeforeStream = false;
   try {
-    let response;
-    try {
-      response = await request(`/api/conversations/${encodeURIComponent(conversationId)}/messages`, {
-        method: "POST",
-        json: body,
-        signal: controller.signal,
-        headers: { Accept: "text/event-stream" },
-      });
-    } catch (failure) {
-      failedBeforeStream = failure.name !== "AbortError";
-      throw failure;
-    }
+    const response = await request(`/api/conversations/${encodeURIComponent(conversationId)}/messages`, {
+      method: "POST",
+      json: body,
+      signal: controller.signal,
+      headers: { Accept: "text/event-stream" },
+    });
     for await (const event of readEvents(response)) {
       if (event.object === "enclave.message") continue;
       if (event.error) {
@@ -576,7 +569,7 @@ async function streamAnswer(conversationId, body, view) {
     }
   } catch (failure) {
     if (failure.name === "AbortError") cancelled = true;
-    else error = failure.message;
+    else error = failure.message || "The request failed.";
   } finally {
     if (state.streaming === controller) state.streaming = null;
     setStreaming(false);
@@ -584,7 +577,7 @@ async function streamAnswer(conversationId, body, view) {
   view.finish({ extra, cancelled, error, live: true });
   if (error) showError(error);
   scrollToEnd();
-  return { failedBeforeStream, cancelled, error };
+  return { cancelled, error };
 }
 
 async function send() {

@@ -5,17 +5,22 @@
 const SVG_NS = "http://www.w3.org/2000/svg";
 const URL_ATTRIBUTES = new Set(["href", "src", "action", "formaction", "xlink:href"]);
 
-/** A URL safe to put in href/src: same-origin paths, or http(s). */
-export function safeUrl(value) {
-  const text = String(value ?? "").trim();
-  if (text.startsWith("/") && !text.startsWith("//") && !text.startsWith("/\\")) return text;
-  if (text.startsWith("#")) return text;
+/** The http(s) URL, normalised, or null: no javascript:, data:, relative or other URLs. */
+export function httpUrl(text) {
   try {
     const url = new URL(text);
     return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
   } catch {
     return null;
   }
+}
+
+/** A URL safe to put in href/src: same-origin paths, or http(s). */
+export function safeUrl(value) {
+  const text = String(value ?? "").trim();
+  if (text.startsWith("/") && !text.startsWith("//") && !text.startsWith("/\\")) return text;
+  if (text.startsWith("#")) return text;
+  return httpUrl(text);
 }
 
 function setAttributes(element, attrs) {

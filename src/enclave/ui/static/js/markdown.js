@@ -13,6 +13,8 @@
 // inline code, bold, italic, strikethrough, links, bare URLs, and citation
 // markers "[n]".
 
+import { httpUrl } from "./dom.js";
+
 const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$/;
 const HEADING = /^ {0,3}(#{1,6})(?:\s+(.*?))?(?:\s+#+)?\s*$/;
 const RULE = /^ {0,3}([-*_])(?:\s*\1){2,}\s*$/;
@@ -36,16 +38,6 @@ const INLINE = new RegExp(
   ].join("|"),
   "g",
 );
-
-/** The http(s) URL, normalised, or null: no javascript:, data:, relative or other URLs. */
-export function linkUrl(text) {
-  try {
-    const url = new URL(text);
-    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
-  } catch {
-    return null;
-  }
-}
 
 function link(url, children) {
   const a = document.createElement("a");
@@ -78,7 +70,7 @@ export function renderInline(text, depth = 0, inLink = false) {
       code.textContent = m[2].length > 2 && m[2].startsWith(" ") && m[2].endsWith(" ") ? m[2].slice(1, -1) : m[2];
       nodes.push(code);
     } else if (m[3] !== undefined) {
-      const url = linkUrl(m[4]);
+      const url = httpUrl(m[4]);
       const label = renderInline(m[3], depth + 1, true);
       if (url && !inLink) nodes.push(link(url, label));
       else nodes.push(document.createTextNode(m[0]));
@@ -89,7 +81,7 @@ export function renderInline(text, depth = 0, inLink = false) {
     } else if (m[8] !== undefined || m[9] !== undefined) {
       nodes.push(wrap("em", renderInline(m[8] ?? m[9], depth + 1, inLink)));
     } else if (m[10] !== undefined) {
-      const url = linkUrl(m[10]);
+      const url = httpUrl(m[10]);
       if (url && !inLink) nodes.push(link(url, [document.createTextNode(m[10])]));
       else nodes.push(document.createTextNode(m[10]));
     } else if (m[11] !== undefined) {
