@@ -89,7 +89,7 @@ def test_no_passages_means_no_citations() -> None:
 
 # -- disagreement -------------------------------------------------------------
 
-OPENED_1998 = passage("The Öresund Bridge was opened to traffic on 1 July 2000.", 1, "bridge-a.md")
+OPENED_2000 = passage("The Öresund Bridge was opened to traffic on 1 July 2000.", 1, "bridge-a.md")
 OPENED_2001 = passage("The Öresund Bridge was opened to traffic in 2001.", 2, "bridge-b.md")
 OPENED_AGREES = passage("Traffic first crossed: the Öresund Bridge was opened in July 2000.", 3)
 
@@ -112,14 +112,14 @@ def test_values_are_extracted_and_normalised() -> None:
 
 def test_two_documents_with_different_dates_disagree() -> None:
     found = find_disagreement(
-        "When was the Öresund Bridge opened?", [OPENED_1998, OPENED_AGREES, OPENED_2001]
+        "When was the Öresund Bridge opened?", [OPENED_2000, OPENED_AGREES, OPENED_2001]
     )
     assert found is not None and found.kind == "date"
     assert [c.passage.document_name for c in found.supporting] == ["bridge-a.md", "doc.md"]
     assert [c.passage.document_name for c in found.contradicting] == ["bridge-b.md"]
     assert found.contradicting[0].values == ("2001",)
     body = found.as_dict()
-    assert body["supporting"][0]["quote"] == OPENED_1998.chunk.text
+    assert body["supporting"][0]["quote"] == OPENED_2000.chunk.text
     assert body["contradicting"][0]["document"]["name"] == "bridge-b.md"
 
 
@@ -134,10 +134,10 @@ def test_two_documents_with_different_places_disagree() -> None:
 
 def test_agreeing_or_off_topic_passages_do_not_disagree() -> None:
     assert (
-        find_disagreement("When was the Öresund Bridge opened?", [OPENED_1998, OPENED_AGREES])
+        find_disagreement("When was the Öresund Bridge opened?", [OPENED_2000, OPENED_AGREES])
         is None
     )
     other = passage("The city library was opened in 1987.", 2, "library.md")
-    assert find_disagreement("When was the Öresund Bridge opened?", [OPENED_1998, other]) is None
+    assert find_disagreement("When was the Öresund Bridge opened?", [OPENED_2000, other]) is None
     same_doc = passage("The Öresund Bridge was opened to traffic in 2001.", 1, "bridge-a.md")
-    assert find_disagreement("When was the Öresund Bridge opened?", [OPENED_1998, same_doc]) is None
+    assert find_disagreement("When was the Öresund Bridge opened?", [OPENED_2000, same_doc]) is None

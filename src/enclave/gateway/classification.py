@@ -41,12 +41,23 @@ class Levels:
         """Whether a provider with ``clearance`` may receive data of class ``level``."""
         return self.rank[clearance] >= self.rank[level]
 
-    def parse(self, value: str) -> str:
+    def parse(
+        self,
+        value: str,
+        *,
+        where: str = " in X-Enclave-Classification",
+        param: str | None = None,
+    ) -> str:
+        """The class named by ``value`` (any case, spaces ignored), or a 400.
+
+        ``where`` is put after the value in the message (say where it came
+        from); ``param`` names the request field it was in.
+        """
         name = value.strip().lower()
         if name not in self.rank:
             raise InvalidRequest(
-                f"Unknown classification '{value}' in X-Enclave-Classification "
-                f"(known: {', '.join(self.names)}).",
+                f"Unknown classification '{value}'{where} (known: {', '.join(self.names)}).",
+                param=param,
                 code="invalid_classification",
             )
         return name

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from enclave.knowledge.service import Passage
-from enclave.knowledge.text import content_words, sentence_spans, support
+from enclave.knowledge.text import best_sentence, content_words, sentence_spans, support
 
 MARKER = re.compile(r"\s?\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
 # A cited sentence must share at least this share of its content words with the passage.
@@ -61,12 +61,8 @@ def best_quote(passage: Passage, words: set[str]) -> tuple[str, int, int]:
     """The sentence of the passage's chunk that shares most of ``words``, with document offsets."""
     chunk = passage.chunk
     text = chunk.text
-    best, best_score = (0, len(text)), -1.0
-    for start, end in sentence_spans(text):
-        score = support(words, content_words(text[start:end])) if words else 0.0
-        if score > best_score:
-            best, best_score = (start, end), score
-    start, end = best
+    span, _ = best_sentence(text, words)
+    start, end = span or (0, len(text))
     return text[start:end], chunk.char_start + start, chunk.char_start + end
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from enclave.knowledge.service import Passage
-from enclave.knowledge.text import content_words, sentence_spans, support
+from enclave.knowledge.text import best_sentence, content_words
 
 # How much of the question a sentence must cover to count as being about it.
 TOPIC_SUPPORT = 0.5
@@ -201,13 +201,8 @@ def compatible(kind: str, ours: set[str], theirs: set[str]) -> bool:
 
 
 def _topic_sentence(passage: Passage, question_words: set[str]) -> tuple[int, int] | None:
-    text = passage.chunk.text
-    best, best_score = None, 0.0
-    for start, end in sentence_spans(text):
-        score = support(question_words, content_words(text[start:end]))
-        if score > best_score:
-            best, best_score = (start, end), score
-    return best if best_score >= TOPIC_SUPPORT else None
+    span, score = best_sentence(passage.chunk.text, question_words)
+    return span if score >= TOPIC_SUPPORT else None
 
 
 def find_disagreement(question: str, passages: Sequence[Passage]) -> Disagreement | None:

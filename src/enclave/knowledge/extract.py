@@ -34,7 +34,6 @@ from typing import Any
 from enclave.errors import InvalidRequest
 from enclave.knowledge.document import ExtractedDocument, PageSpan
 
-SUPPORTED_FORMATS = ("pdf", "docx", "html", "markdown", "text", "csv", "json")
 SUPPORTED_LABEL = "PDF, DOCX, HTML, Markdown, text, CSV, JSON"
 
 HEAD_BYTES = 8192
@@ -87,7 +86,8 @@ class ExtractionError(InvalidRequest):
 def detect_format(name: str, media_type: str | None, head: bytes) -> str:
     """The format of a file: magic bytes, then extension, then media type.
 
-    Raises :class:`ExtractionError` for anything not in :data:`SUPPORTED_FORMATS`.
+    Raises :class:`ExtractionError` for any other format than those in
+    :data:`SUPPORTED_LABEL`.
     """
     suffix = PurePosixPath(name.strip()).suffix.lower()
     mime = (media_type or "").split(";", 1)[0].strip().lower()
@@ -166,7 +166,7 @@ def extract(
     except RecursionError as exc:
         raise ExtractionError(f"cannot read {fmt}: it is nested too deeply") from exc
     except Exception as exc:  # a parser bug or a hostile file: never a traceback
-        raise ExtractionError(f"cannot read {fmt}: {_reason(exc)}") from exc
+        raise ExtractionError(f"cannot read {fmt}: {short_reason(exc)}") from exc
     if not document.markdown.strip():
         raise ExtractionError("no text found")
     return document
@@ -178,7 +178,8 @@ def _mb(size: int) -> str:
     return f"{size / MIB:.1f} MB".replace(".0 MB", " MB")
 
 
-def _reason(exc: BaseException) -> str:
+def short_reason(exc: BaseException) -> str:
+    """An exception's message on one line, at most 200 characters (its type if it has none)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -239,7 +240,7 @@ def _extract_pdf(path: Path) -> ExtractedDocument:
     except ExtractionError:
         raise
     except Exception as exc:
-        raise ExtractionError(f"corrupt PDF: {_reason(exc)}") from exc
+        raise ExtractionError(f"corrupt PDF: {short_reason(exc)}") from exc
     if count == 0:
         raise ExtractionError("corrupt PDF: it has no pages")
 
@@ -252,7 +253,7 @@ def _extract_pdf(path: Path) -> ExtractedDocument:
         except DependencyError as exc:
             raise _aes_error() from exc
         except Exception as exc:
-            raise ExtractionError(f"corrupt PDF: page {number}: {_reason(exc)}") from exc
+            raise ExtractionError(f"corrupt PDF: page {number}: {short_reason(exc)}") from exc
         if not text:
             continue  # an empty page covers no text, so it gets no span
         if parts:
@@ -292,7 +293,7 @@ def _check_docx_archive(path: Path, max_bytes: int) -> None:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
-        raise ExtractionError(f"corrupt DOCX: {_reason(exc)}") from exc
+        raise ExtractionError(f"corrupt DOCX: {short_reason(exc)}") from exc
     if len(entries) > DOCX_MAX_ENTRIES:
         raise ExtractionError(f"refused DOCX: it has {len(entries)} files inside (a zip bomb?)")
     cap = min(DOCX_MAX_EXPANDED_BYTES, DOCX_MAX_EXPANSION_FACTOR * max_bytes)
@@ -321,7 +322,7 @@ def _extract_docx(path: Path, max_bytes: int) -> ExtractedDocument:
         blocks = list(document.iter_inner_content())
         core_title = document.core_properties.title
     except Exception as exc:
-        raise ExtractionError(f"corrupt DOCX: {_reason(exc)}") from exc
+        raise ExtractionError(f"corrupt DOCX: {short_reason(exc)}") from exc
 
     lines: list[str] = []
     title = _one_line(core_title or "") or None
@@ -386,7 +387,7 @@ def _extract_html(data: bytes) -> ExtractedDocument:
     try:
         root = lxml.html.document_fromstring(data)
     except Exception as exc:  # lxml refuses documents with no elements at all
-        raise ExtractionError(f"no text found in the HTML ({_reason(exc)})") from exc
+        raise ExtractionError(f"no text found in the HTML ({short_reason(exc)})") from exc
     for element in root.xpath("|".join(f"//{tag}" for tag in _DROPPED_TAGS)):
         element.drop_tree()
     title = _one_line(root.findtext(".//title") or "") or None

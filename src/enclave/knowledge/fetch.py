@@ -36,6 +36,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from enclave.errors import InvalidRequest
+from enclave.knowledge.extract import short_reason
 from enclave.settings import UrlFetchConfig
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -232,7 +233,7 @@ async def _fetch(url: URL, dest_dir: Path, config: UrlFetchConfig) -> FetchedUrl
                         final_url=str(current),
                     )
             except aiohttp.ClientError as exc:
-                raise FetchError(f"could not fetch {current}: {_reason(exc)}") from exc
+                raise FetchError(f"could not fetch {current}: {short_reason(exc)}") from exc
     raise FetchError(f"too many redirects from {url} (more than {config.max_redirects})")
 
 
@@ -280,8 +281,3 @@ def _media_type(response: aiohttp.ClientResponse) -> str | None:
     header = response.headers.get("Content-Type", "")
     media_type = header.split(";", 1)[0].strip().lower()
     return media_type or None
-
-
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

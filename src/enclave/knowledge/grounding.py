@@ -158,8 +158,7 @@ def grounded_messages(messages: list[Any], passages: Sequence[Passage]) -> list[
     ]
     last = max(i for i, m in enumerate(turns) if isinstance(m, dict) and m.get("role") == "user")
     sources = "\n\n".join(quote_source(n, p) for n, p in enumerate(passages, start=1))
-    question = last_user_text([turns[last]])
-    turns = list(turns)
+    question = message_text(turns[last])
     turns[last] = {
         "role": "user",
         "content": f"Sources:\n\n{sources}\n\nQuestion: {question}",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -87,7 +87,7 @@ def retrieve(
     ``threshold``, so fewer than ``top_k`` chunks (or none) may come back.
     A threshold of ``-1`` keeps everything.
     """
-    if mode not in ("hybrid", "bm25", "dense"):
+    if mode not in get_args(Mode):
         raise ValueError(f"unknown retrieval mode {mode!r}: use hybrid, bm25 or dense")
     if not kb_ids or top_k <= 0:
         return []

@@ -33,7 +33,7 @@ from enclave.errors import Conflict, InvalidRequest, NotFound, PolicyDenied, Ser
 from enclave.gateway.classification import Levels
 from enclave.gateway.routing import RoutingTable, Target
 from enclave.inference import InferenceService
-from enclave.knowledge.retrieval import Retrieved, retrieve
+from enclave.knowledge.retrieval import Mode, Retrieved, retrieve
 from enclave.knowledge.store.base import ChunkRow, Filters, VectorStore
 from enclave.providers.openai_upstream import OpenAIUpstream
 from enclave.settings import KnowledgeConfig
@@ -46,7 +46,6 @@ ACTIVE_STATES = ("queued", "extracting", "embedding")
 # noise on paraphrased questions and dilute it: on the labelled corpus, 10 gives
 # hybrid recall@5 0.87 (dense alone 0.85), 50 gives 0.78 (bench/knowledge.py).
 FUSION_CANDIDATES = 10
-SearchMode = Literal["hybrid", "bm25", "dense"]
 
 
 class KnowledgeBaseNotFound(NotFound):
@@ -290,16 +289,6 @@ class KnowledgeService:
             raise KnowledgeBaseNotFound(name)
         return row
 
-    def _check_class(self, value: str, param: str) -> str:
-        name = value.strip().lower()
-        if name not in self.levels.rank:
-            raise InvalidRequest(
-                f"Unknown classification '{value}' (known: {', '.join(self.levels.names)}).",
-                param=param,
-                code="invalid_classification",
-            )
-        return name
-
     def _check_embedding_clearance(self, level: str, what: str) -> None:
         target = self.embedder.resolve()
         if not self.levels.allows(target.clearance, level):
@@ -319,7 +308,11 @@ class KnowledgeService:
     ) -> BaseInfo:
         """Create a base; its class defaults to the workspace floor and cannot be below it."""
         floor = workspace_floor or self.levels.lowest
-        level = self._check_class(classification, "classification") if classification else floor
+        level = (
+            self.levels.parse(classification, where="", param="classification")
+            if classification
+            else floor
+        )
         if self.levels.rank[level] < self.levels.rank[floor]:
             raise InvalidRequest(
                 f"A knowledge base in this workspace is at least '{floor}' (the workspace floor).",
@@ -432,7 +425,7 @@ class KnowledgeService:
     def _document_class(self, base: KnowledgeBaseRow, requested: str | None) -> str:
         if not requested:
             return base.classification
-        level = self._check_class(requested, "classification")
+        level = self.levels.parse(requested, where="", param="classification")
         if self.levels.rank[level] < self.levels.rank[base.classification]:
             raise InvalidRequest(
                 f"A document can raise its class above its base's ('{base.classification}'), "
@@ -679,7 +672,7 @@ class KnowledgeService:
         *,
         top_k: int | None = None,
         threshold: float | None = None,
-        mode: SearchMode = "hybrid",
+        mode: Mode = "hybrid",
         documents: Sequence[str] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> list[Passage]:
@@ -704,7 +697,7 @@ class KnowledgeService:
             query,
             vector,
             top_k=top_k,
-            candidates=max(FUSION_CANDIDATES, top_k),
+            candidates=FUSION_CANDIDATES,
             threshold=self.config.threshold if threshold is None else threshold,
             mode=mode,
             filters=filters,

@@ -63,3 +63,18 @@ def content_words(text: str) -> set[str]:
 def support(claim: set[str], source: set[str]) -> float:
     """The share of a claim's content words that the source also has."""
     return len(claim & source) / len(claim) if claim else 0.0
+
+
+def best_sentence(text: str, words: set[str]) -> tuple[tuple[int, int] | None, float]:
+    """The (start, end) of the sentence of ``text`` that best supports ``words``, and its score.
+
+    The score is :func:`support` of ``words`` by the sentence. The first
+    sentence wins ties, so with no ``words`` it is the first sentence (score
+    0). The span is ``None`` only when ``text`` has no sentence at all.
+    """
+    best, best_score = None, -1.0
+    for start, end in sentence_spans(text):
+        score = support(words, content_words(text[start:end])) if words else 0.0
+        if score > best_score:
+            best, best_score = (start, end), score
+    return best, max(best_score, 0.0)

@@ -16,7 +16,7 @@ import json
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
@@ -25,6 +25,7 @@ from starlette.datastructures import UploadFile
 from enclave.api.deps import Services, require_principal, services
 from enclave.auth.principals import Principal
 from enclave.errors import InvalidRequest, PayloadTooLarge
+from enclave.knowledge.retrieval import Mode
 from enclave.knowledge.service import AddResult, KnowledgeService
 from enclave.settings import NAME_PATTERN
 
@@ -56,7 +57,7 @@ class Query(BaseModel):
     query: str = Field(min_length=1, max_length=8000)
     top_k: int = Field(5, ge=1, le=50)
     threshold: float | None = Field(None, ge=-1, le=1)
-    mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
+    mode: Mode = "hybrid"
     filters: QueryFilters | None = None
 
 
