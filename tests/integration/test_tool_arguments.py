@@ -19,6 +19,7 @@ import yaml
 
 from enclave.apps.calls import call_operation
 from enclave.apps.openapi import Operation, load_operations, tidy_arguments
+from enclave.apps.runner import arguments_prompt
 from enclave.providers.base import (
     ChatMessage,
     Finished,
@@ -53,11 +54,8 @@ CASES = [
 
 
 def arguments_request(operation: Operation, prompt: str, seed: int | None) -> GenerationRequest:
-    system = (
-        "You fill in the arguments of an API call as JSON.\n"
-        f"Operation: {operation.describe()}\n"
-        f"Arguments schema: {json.dumps(operation.arguments_schema)}"
-    )
+    """The app runner's argument step: its system prompt, under the arguments grammar."""
+    system = arguments_prompt(operation)
     sampling = (
         SamplingParams(temperature=0, max_tokens=300)
         if seed is None

@@ -18,6 +18,7 @@ from enclave.apps.manifest import (
     diff,
     find_app_files,
     load_app_file,
+    load_app_paths,
     load_app_text,
     parse_app_document,
     to_yaml,
@@ -435,6 +436,22 @@ def test_find_app_files(tmp_path: Path) -> None:
         find_app_files(tmp_path / "empty")
     with pytest.raises(ManifestError, match="no such file or folder"):
         find_app_files(tmp_path / "missing")
+
+
+def test_load_app_paths_loads_each_file_once_and_collects_every_problem(tmp_path: Path) -> None:
+    app = "apiVersion: enclave/v1\nkind: App\nmetadata: {name: NAME}\nspec: {}\n"
+    (tmp_path / "a.yaml").write_text(app.replace("NAME", "a"))
+    (tmp_path / "b.yaml").write_text(app.replace("NAME", "b"))
+    (tmp_path / "broken.yaml").write_text("kind: App\nmetadata: [\n")
+    apps, found = load_app_paths([tmp_path / "b.yaml", tmp_path, tmp_path / "missing"])
+    assert [(path.name, manifest.name) for path, manifest in apps] == [
+        ("b.yaml", "b"),
+        ("a.yaml", "a"),
+    ]
+    assert len(found) == 2
+    assert "no such file or folder" in found[0]  # paths first, then files
+    assert found[1].startswith(str(tmp_path / "broken.yaml"))
+    assert load_app_paths([DATA / "hr.yaml"])[1] == []
 
 
 def test_an_unreadable_app_file() -> None:

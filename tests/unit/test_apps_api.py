@@ -212,6 +212,18 @@ def test_the_app_store_lists_name_description_and_avatar(apps: AppsClient) -> No
     assert other.status_code == 404
 
 
+def test_an_avatar_is_a_404_without_one_or_in_another_workspace(apps: AppsClient) -> None:
+    apps.apply(example_spec())
+    url = "/api/apps/hr-assistant/avatar"
+    assert apps.client.get(url, headers=apps.auth(apps.other_key())).status_code == 404
+    assert apps.client.get("/api/apps/nobody/avatar", headers=apps.auth()).status_code == 404
+    plain = example_spec()
+    plain["metadata"].pop("avatar")
+    assert apps.apply(plain).json()["version"] == 2
+    assert apps.client.get(url, headers=apps.auth()).status_code == 404
+    assert apps.client.get("/api/apps", headers=apps.auth()).json()["data"][0]["avatar_url"] is None
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -337,6 +349,18 @@ def test_a_write_waits_for_confirmation_and_runs_once(apps: AppsClient) -> None:
     again = apps.client.post(f"/api/actions/{pending['id']}/confirm", headers=apps.auth())
     assert again.status_code == 409
     assert len(apps.api.requests) == 1
+
+
+def test_cancelling_an_action_answers_it_cancelled_once(apps: AppsClient) -> None:
+    apps.apply(example_spec())
+    pending = apps.chat("Create a new vacancy titled Nurse.").json()["app"]["pending_action"]
+    url = f"/api/actions/{pending['id']}/cancel"
+    cancelled = apps.client.post(url, headers=apps.auth())
+    assert cancelled.status_code == 200, cancelled.text
+    assert (cancelled.json()["id"], cancelled.json()["status"]) == (pending["id"], "cancelled")
+    assert apps.client.post(url, headers=apps.auth()).status_code == 409
+    confirm = apps.client.post(f"/api/actions/{pending['id']}/confirm", headers=apps.auth())
+    assert confirm.status_code == 409 and apps.api.requests == []
 
 
 def test_a_follow_up_yes_confirms_and_a_no_cancels(apps: AppsClient) -> None:

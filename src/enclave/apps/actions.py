@@ -126,7 +126,7 @@ class ActionStore:
                 )
             action = _action(row)
         if action.status == "pending" and action.expires_at < datetime.now(UTC):
-            return _replace_status(action, "expired")
+            return replace(action, status="expired")
         return action
 
     def claim(self, workspace_id: int, action_id: str, status: str) -> Action:
@@ -154,7 +154,7 @@ class ActionStore:
                     "confirmed or cancelled.",
                     code="action_not_pending",
                 )
-        return _replace_status(action, status)
+        return replace(action, status=status)
 
     def record_result(self, action_id: str, result: dict[str, Any]) -> None:
         with self.sessions.begin() as session:
@@ -163,7 +163,3 @@ class ActionStore:
                 .where(AppActionRow.id == action_id)
                 .values(result_json=json.dumps(result, ensure_ascii=False, default=str))
             )
-
-
-def _replace_status(action: Action, status: str) -> Action:
-    return replace(action, status=status)

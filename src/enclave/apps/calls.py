@@ -68,7 +68,6 @@ class CallResult:
     truncated: bool = False
     latency_ms: float = 0.0
     error: str | None = None
-    content_type: str = ""
 
     @property
     def ok(self) -> bool:
@@ -182,7 +181,7 @@ async def call_operation(
 
 async def _read(response: httpx.Response, result: CallResult, max_bytes: int) -> None:
     result.status = response.status_code
-    result.content_type = response.headers.get("content-type", "")
+    content_type = response.headers.get("content-type", "")
     declared = response.headers.get("content-length", "")
     too_large = f"the response is larger than {max_bytes} bytes"
     if declared.isdigit() and int(declared) > max_bytes:
@@ -198,7 +197,7 @@ async def _read(response: httpx.Response, result: CallResult, max_bytes: int) ->
         result.text = body.decode(response.charset_encoding or "utf-8", errors="replace")
     except LookupError:  # an unknown charset name
         result.text = body.decode("utf-8", errors="replace")
-    media = result.content_type.split(";", 1)[0].strip().lower()
+    media = content_type.split(";", 1)[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
         try:
             result.json = json.loads(result.text)

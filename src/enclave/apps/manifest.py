@@ -35,7 +35,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from enclave.apps.openapi import OpenAPIError, Operation, load_operations
+from enclave.apps.openapi import OpenAPIError, Operation, load_operations, unescape_pointer
 from enclave.apps.spec import AppManifest, CallExpectation, Method
 from enclave.settings import FieldProblem
 from enclave.yaml_lines import Lines, YamlSyntaxError, compose_with_lines, line_of
@@ -288,7 +288,7 @@ class _Reader:
             return load_operations(document, api_name, only=only)
         except OpenAPIError as exc:
             pointer, message = exc.pointer, exc.message
-            parts = tuple(_unescape(p) for p in pointer.split("/")[1:]) if pointer else ()
+            parts = tuple(unescape_pointer(p) for p in pointer.split("/")[1:]) if pointer else ()
             at = f" (at {pointer or '/'})"
             line = None
             if not pointer and only is not None:
@@ -415,18 +415,10 @@ def _without_none(annotation: Any) -> Any:
     return annotation
 
 
-def _unescape(part: str) -> str:
-    return part.replace("~1", "/").replace("~0", "~")
-
-
 def _pointer_line(lines: Lines, path: tuple[Any, ...]) -> int | None:
-    """Like :func:`line_of`, but comparing parts as strings (a pointer's ``"0"``, ``"200"``)."""
+    """:func:`line_of`, comparing parts as strings (a pointer's ``"0"``, ``"200"``)."""
     by_text = {tuple(str(p) for p in key): line for key, line in lines.items()}
-    parts = tuple(str(p) for p in path)
-    for cut in range(len(parts), -1, -1):
-        if parts[:cut] in by_text:
-            return by_text[parts[:cut]]
-    return None
+    return line_of(by_text, tuple(str(p) for p in path))
 
 
 def _too_big(what: str, size: int, limit: int) -> str:
@@ -534,6 +526,30 @@ def find_app_files(path: Path) -> list[Path]:
     if not found:
         raise ManifestError([f"{path}: no app files (YAML with 'kind: App') in this folder"])
     return found
+
+
+def load_app_paths(paths: list[Path]) -> tuple[list[tuple[Path, AppManifest]], list[str]]:
+    """Every app at ``paths`` (files, or folders as :func:`find_app_files` searches them).
+
+    Returns each app file loaded once, in order, with its manifest, and every
+    problem of every path and file (empty when all loaded).
+    """
+    problems: list[str] = []
+    files: list[Path] = []
+    for given in paths:
+        try:
+            found = find_app_files(given)
+        except ManifestError as exc:
+            problems.extend(exc.problems)
+            continue
+        files += [file for file in found if file not in files]
+    apps: list[tuple[Path, AppManifest]] = []
+    for file in files:
+        try:
+            apps.append((file, load_app_file(file)))
+        except ManifestError as exc:
+            problems.extend(exc.problems)
+    return apps, problems
 
 
 def _is_app_file(path: Path) -> bool:

@@ -532,7 +532,7 @@ class _Resolver:
             raise OpenAPIError(pointer, f"reference '{ref}' is not a JSON pointer")
         node: Any = self.document
         for token in target_pointer.split("/")[1:]:
-            token = token.replace("~1", "/").replace("~0", "~")
+            token = unescape_pointer(token)
             if isinstance(node, dict) and token in node:
                 node = node[token]
             elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
@@ -730,9 +730,7 @@ def _number_bounds(schema: dict[str, Any]) -> None:
     """The grammar enforces whole, non-negative number bounds only; drop other ones."""
     if schema.get("type") != "number":
         return
-    keys = [
-        k for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in schema
-    ]
+    keys = [k for k in _NUMBER_BOUNDS if k in schema]
     if not keys:
         return
     values = [schema[key] for key in keys]
@@ -752,6 +750,11 @@ def _anchored(pattern: Any) -> bool:
 
 def _escape(token: str) -> str:
     return str(token).replace("~", "~0").replace("/", "~1")
+
+
+def unescape_pointer(token: str) -> str:
+    """One JSON-pointer token as the key it names (``~1`` is ``/``, ``~0`` is ``~``)."""
+    return token.replace("~1", "/").replace("~0", "~")
 
 
 def _one_line(text: str) -> str:

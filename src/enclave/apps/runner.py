@@ -116,7 +116,7 @@ class ToolCallRecord:
             "operation_id": self.operation.operation_id,
             "arguments": self.arguments,
             "status": result.status if result else None,
-            "latency_ms": round(result.latency_ms, 3) if result else None,
+            "latency_ms": result.latency_ms if result else None,
             "error": self.error or (result.error if result else None),
         }
 
@@ -200,6 +200,15 @@ def conversation(messages: Sequence[Any]) -> list[dict[str, Any]]:
     return turns
 
 
+def arguments_prompt(operation: Operation) -> str:
+    """The system prompt of the argument step: fill in ``operation``'s arguments as JSON."""
+    return (
+        "You fill in the arguments of one API call from the user's message, as JSON. "
+        f"The call: {operation.describe()}. Use only values the user gave; leave out "
+        "optional arguments the user did not mention."
+    )
+
+
 class AppRunner:
     """Answers chat requests addressed to an app (see the module docstring)."""
 
@@ -272,8 +281,7 @@ class AppRunner:
         return {**action.as_dict(), "result": _result_dict(record)}
 
     async def cancel(self, principal: Principal, action_id: str) -> dict[str, Any]:
-        action = self.actions.claim(principal.workspace_id, action_id, "cancelled")
-        return {**action.as_dict(), "status": "cancelled"}
+        return self.actions.claim(principal.workspace_id, action_id, "cancelled").as_dict()
 
     # -- steps ---------------------------------------------------------------
 
@@ -360,11 +368,7 @@ class AppRunner:
         schema = operation.arguments_schema
         if not schema.get("properties"):
             return {}
-        system = (
-            "You fill in the arguments of one API call from the user's message, as JSON. "
-            f"The call: {operation.describe()}. Use only values the user gave; leave out "
-            "optional arguments the user did not mention."
-        )
+        system = arguments_prompt(operation)
         text = await self._ask(call, app, system, question, schema, max_tokens=256)
         try:
             arguments = json.loads(text)
@@ -459,7 +463,7 @@ class AppRunner:
             workspace_id=call.principal.workspace_id,
             key_id=call.principal.key_id,
             app_name=app.name,
-            app_ref=app.ref if app.version is None else str(app.version),
+            app_ref=app.ref,
             api=operation.api,
             operation=operation.key,
             arguments=record.arguments,
@@ -480,7 +484,8 @@ class AppRunner:
     ) -> Answer:
         """Confirm or cancel a pending action of this app from within the conversation."""
         principal = call.principal
-        if self.actions.get(principal.workspace_id, action_id).app_name != app.name:
+        pending = self.actions.get(principal.workspace_id, action_id)
+        if pending.app_name != app.name:
             raise InvalidRequest(
                 f"Action '{action_id}' belongs to another app.", param="enclave", code="wrong_app"
             )
@@ -489,14 +494,19 @@ class AppRunner:
             headers = await self.gateway.answer_without_model(call, "cancelled")
             text = f"Cancelled: {action.operation} on the {action.api} API was not run."
             return _fixed(call, app, text, _app_fields(app, [], None), headers)
-        action, record = await self._run_action(principal, action_id)
+        action, record = await self._run_action(principal, action_id, pending)
         return await self._answer(call, app, action.question or "Report the result.", [record])
 
     async def _run_action(
-        self, principal: Principal, action_id: str
+        self, principal: Principal, action_id: str, action: Action | None = None
     ) -> tuple[Action, ToolCallRecord]:
-        """Claim a pending action and run it with its app version's API settings."""
-        action = self.actions.get(principal.workspace_id, action_id)
+        """Claim a pending action and run it with its app version's API settings.
+
+        ``action`` is the action as just read from this principal's workspace, if the
+        caller has it; the claim reads it again and moves it out of pending only once.
+        """
+        if action is None:
+            action = self.actions.get(principal.workspace_id, action_id)
         app = self.apps.load(principal.workspace_id, action.app_name, action.app_ref)
         operation = app.find(action.api, action.operation)
         if operation is None:

@@ -29,7 +29,14 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from enclave.apps.calls import referenced_env
-from enclave.apps.manifest import ManifestError, canonical, diff, parse_app_document, to_yaml
+from enclave.apps.manifest import (
+    DATA_URI,
+    ManifestError,
+    canonical,
+    diff,
+    parse_app_document,
+    to_yaml,
+)
 from enclave.apps.openapi import Operation, load_operations
 from enclave.apps.spec import ApiSpec, AppManifest
 from enclave.errors import InvalidRequest, ModelNotFound, NotFound
@@ -41,7 +48,6 @@ from enclave.storage.models import AppDraftRow, AppRow, AppVersionRow
 
 APP_MODEL_PREFIX = "app/"
 _MODEL_ID = re.compile(r"^app/([a-z0-9][a-z0-9-]{0,62})(?:@(drf_[a-z0-9]+))?$")
-_DATA_URI = re.compile(r"^data:(image/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=\s]+)$")
 
 
 class AppNotFound(NotFound):
@@ -119,6 +125,17 @@ def parse_model_id(model: str) -> tuple[str, str | None] | None:
     return match.group(1), match.group(2)
 
 
+def _summary(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """What the app store shows of an app: name, model id, description and avatar URL."""
+    metadata = spec.get("metadata") or {}
+    return {
+        "name": name,
+        "model_id": APP_MODEL_PREFIX + name,
+        "description": metadata.get("description", ""),
+        "avatar_url": f"/api/apps/{name}/avatar" if metadata.get("avatar") else None,
+    }
+
+
 class AppService:
     """Apps of every workspace, always scoped to one."""
 
@@ -193,8 +210,8 @@ class AppService:
         return manifest
 
     def _avatar_bytes(self, avatar: str) -> tuple[bytes, str]:
-        match = _DATA_URI.match(avatar)
-        if match is None:
+        match = DATA_URI.match(avatar)
+        if match is None:  # parse_app_document refuses these already; kept as a guard
             raise InvalidRequest(
                 "metadata.avatar must be an image data: URI (enclave apply inlines image files).",
                 param="metadata.avatar",
@@ -206,14 +223,18 @@ class AppService:
                 f"{self.config.max_avatar_bytes} (apps.max_avatar_bytes).",
                 param="metadata.avatar",
             )
-        return data, match.group(1)
+        return data, f"image/{match.group(1)}"
 
     # -- apply, read, history ------------------------------------------------
 
-    def _app_row(self, session: Session, workspace_id: int, name: str) -> AppRow:
-        row = session.scalar(
+    @staticmethod
+    def _find_app_row(session: Session, workspace_id: int, name: str) -> AppRow | None:
+        return session.scalar(
             select(AppRow).where(AppRow.workspace_id == workspace_id, AppRow.name == name)
         )
+
+    def _app_row(self, session: Session, workspace_id: int, name: str) -> AppRow:
+        row = self._find_app_row(session, workspace_id, name)
         if row is None:
             raise AppNotFound(name)
         return row
@@ -244,9 +265,7 @@ class AppService:
             )
         spec = canonical(manifest)
         with self.sessions.begin() as session:
-            row = session.scalar(
-                select(AppRow).where(AppRow.workspace_id == workspace_id, AppRow.name == name)
-            )
+            row = self._find_app_row(session, workspace_id, name)
             current = None
             if row is not None:
                 version_row = self._version_row(session, row.id, row.current_version)
@@ -306,15 +325,9 @@ class AppService:
         apps = []
         for app, version in rows:
             spec = json.loads(version.spec_json)
-            metadata = spec.get("metadata") or {}
             apps.append(
                 {
-                    "name": app.name,
-                    "model_id": APP_MODEL_PREFIX + app.name,
-                    "description": metadata.get("description", ""),
-                    "avatar_url": f"/api/apps/{app.name}/avatar"
-                    if metadata.get("avatar")
-                    else None,
+                    **_summary(app.name, spec),
                     "version": app.current_version,
                     "model": (spec.get("spec") or {}).get("model", "default"),
                     "created_at": app.created_at.isoformat(),
@@ -332,12 +345,8 @@ class AppService:
             if version_row is None:
                 raise NotFound(f"App '{name}' has no version {number}.", param="version")
             spec = json.loads(version_row.spec_json)
-            metadata = spec.get("metadata") or {}
             return {
-                "name": name,
-                "model_id": APP_MODEL_PREFIX + name,
-                "description": metadata.get("description", ""),
-                "avatar_url": f"/api/apps/{name}/avatar" if metadata.get("avatar") else None,
+                **_summary(name, spec),
                 "version": number,
                 "current_version": row.current_version,
                 "spec": spec,
@@ -406,7 +415,15 @@ class AppService:
             session.delete(row)
 
     def avatar(self, workspace_id: int, name: str) -> tuple[bytes, str]:
-        spec = self.get_app(workspace_id, name)["spec"]
+        """The current version's ``metadata.avatar`` as (bytes, media type); 404 without one."""
+        with self.sessions() as session:
+            row = self._app_row(session, workspace_id, name)
+            version_row = self._version_row(session, row.id, row.current_version)
+            if version_row is None:
+                raise NotFound(
+                    f"App '{name}' has no version {row.current_version}.", param="version"
+                )
+            spec = json.loads(version_row.spec_json)
         avatar = (spec.get("metadata") or {}).get("avatar")
         if not avatar:
             raise NotFound(f"App '{name}' has no avatar.")

@@ -28,7 +28,7 @@ from enclave.apps.evals.report import (
     write_junit,
 )
 from enclave.apps.evals.runner import DraftError, run_tests
-from enclave.apps.manifest import ManifestError, find_app_files, load_app_file
+from enclave.apps.manifest import load_app_paths
 from enclave.apps.spec import AppManifest, AppTest
 from enclave.cli.client import ApiClient, KeyOption, UrlOption, connect, fail
 from enclave.cli.common import ConfigOption, output_console, progress_bar
@@ -37,31 +37,12 @@ from enclave.cli.common import ConfigOption, output_console, progress_bar
 REQUEST_TIMEOUT_S = 300.0
 
 
-def _print_problems(error: ManifestError) -> None:
-    for problem in error.problems:
-        typer.secho(f"error: {problem}", fg="red", err=True)
-
-
 def _load_apps(paths: list[Path]) -> list[tuple[Path, AppManifest]]:
     """Every app file under ``paths``; prints each bad file's problems and exits 2."""
-    files: list[Path] = []
-    bad = False
-    for path in paths:
-        try:
-            found = find_app_files(path)
-        except ManifestError as exc:
-            _print_problems(exc)
-            bad = True
-            continue
-        files += [file for file in found if file not in files]
-    apps: list[tuple[Path, AppManifest]] = []
-    for file in files:
-        try:
-            apps.append((file, load_app_file(file)))
-        except ManifestError as exc:
-            _print_problems(exc)
-            bad = True
-    if bad:
+    apps, problems = load_app_paths(paths)
+    for problem in problems:
+        typer.secho(f"error: {problem}", fg="red", err=True)
+    if problems:
         raise typer.Exit(2)
     return apps
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from enclave.apps.manifest import ManifestError, canonical, find_app_files, load_app_file
+from enclave.apps.manifest import canonical, load_app_paths
 from enclave.apps.openapi import METHODS
 from enclave.apps.spec import AppManifest
 from enclave.cli.client import ApiClient, KeyOption, UrlOption, connect, fail
@@ -87,21 +87,10 @@ def apply_command(
 
 def _load_all(files: list[Path]) -> list[AppManifest]:
     """Every app at the given paths, or exit 1 listing every problem."""
-    problems: list[str] = []
-    paths: list[Path] = []
-    for given in files:
-        try:
-            paths.extend(p for p in find_app_files(given) if p not in paths)
-        except ManifestError as exc:
-            problems.extend(exc.problems)
+    loaded, problems = load_app_paths(files)
     manifests: list[AppManifest] = []
     origin: dict[str, Path] = {}
-    for path in paths:
-        try:
-            manifest = load_app_file(path)
-        except ManifestError as exc:
-            problems.extend(exc.problems)
-            continue
+    for path, manifest in loaded:
         if manifest.name in origin:
             problems.append(f"{path}: app '{manifest.name}' is also in {origin[manifest.name]}")
             continue

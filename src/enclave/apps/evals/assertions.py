@@ -46,7 +46,6 @@ class StepAnswer:
     pending_action: dict[str, Any] | None = None
     citations: list[dict[str, Any]] = field(default_factory=list)
     abstained: bool = False
-    raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_chat(cls, data: dict[str, Any]) -> StepAnswer:
@@ -61,7 +60,6 @@ class StepAnswer:
             pending_action=app.get("pending_action"),
             citations=list(data.get("citations") or []),
             abstained=bool(grounding.get("abstained")),
-            raw=data,
         )
 
 

@@ -91,8 +91,6 @@ class Regression:
 
     app: str
     name: str
-    baseline_pass_rate: float
-    pass_rate: float
     reason: str
 
     def __str__(self) -> str:
@@ -239,7 +237,7 @@ def compare(report: Report, baseline: Any) -> list[Regression]:
             reason = "passed in the baseline, fails now"
         else:
             continue
-        regressions.append(Regression(result.app, result.name, rate, result.pass_rate, reason))
+        regressions.append(Regression(result.app, result.name, reason))
     return regressions
 
 
