@@ -12,6 +12,14 @@ ratios below come from one run on one machine:
     .venv/bin/python bench/gateway.py              # Enclave only (~70 s)
     .venv/bin/python bench/gateway.py --litellm    # plus LiteLLM (~3 min)
 
+With ``--baseline-src DIR`` it first runs the same harness against an
+``enclave serve`` started with ``PYTHONPATH=DIR`` (another checkout's
+``src``), so a change's cost shows up as "before" and "after" columns from
+one run. Durable audit (issue 12) was measured that way:
+
+    git worktree add /tmp/base <commit before it>
+    .venv/bin/python bench/gateway.py --concurrency 1,32 --baseline-src /tmp/base/src
+
 Targets (issue "Gateway"): added p50 <= 2 ms at concurrency 1, and >= 10x
 LiteLLM's requests/s at concurrency 32, streaming and non-streaming.
 """
@@ -46,6 +54,9 @@ parser.add_argument("--concurrency", default="1,8,32")
 parser.add_argument("--mock-port", type=int, default=8100)
 parser.add_argument("--port", type=int, default=0, help="Enclave's port (0: a free one)")
 parser.add_argument("--json", help="write all results to this file")
+parser.add_argument(
+    "--baseline-src", help="also run an enclave from this src directory first (the 'before')"
+)
 
 
 def free_port() -> int:
@@ -101,6 +112,34 @@ def cell(results: dict, mode: str, concurrency: int) -> dict[str, Any]:
     raise KeyError((mode, concurrency))
 
 
+def start_enclave(
+    work: Path, name: str, config: Path, src: str | None, port: int = 0
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = port or free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
+    env.update(ENCLAVE_HOME=str(work / f"home-{name}"), ENCLAVE_ADMIN_KEY=KEY)
+    if src:  # ahead of the installed (editable) package
+        env["PYTHONPATH"] = src
+    log = (work / f"enclave-{name}.log").open("wb")
+    server = subprocess.Popen(
+        [ENCLAVE, "serve", "--config", str(config), "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for(f"http://127.0.0.1:{port}/v1/models", KEY)
+    print(f"# Enclave ({name}) on :{port} (pid {server.pid})")
+    return server, port
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def main() -> int:
     args = parser.parse_args()
     if not (GWBENCH / "compare.py").exists():
@@ -125,19 +164,17 @@ def main() -> int:
             "    clearance: secret\n"
             "    models: [mock]\n"
         )
-        port = args.port or free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
-        env.update(ENCLAVE_HOME=str(work / "home"), ENCLAVE_ADMIN_KEY=KEY)
-        log = (work / "enclave.log").open("wb")
-        server = subprocess.Popen(
-            [ENCLAVE, "serve", "--config", str(config), "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        before = None
+        if args.baseline_src:
+            base, port = start_enclave(work, "before", config, args.baseline_src)
+            try:
+                url = f"http://127.0.0.1:{port}/v1"
+                before = compare(url, KEY, base.pid, args, work / "b.json")
+            finally:
+                stop(base)
+        server, port = start_enclave(work, "after", config, None, args.port)
         processes.append(server)
-        wait_for(f"http://127.0.0.1:{port}/v1/models", KEY)
-        print(f"# Enclave on :{port} (pid {server.pid}), mock upstream on :{args.mock_port}")
+        print(f"# mock upstream on :{args.mock_port}")
         enclave = compare(f"http://127.0.0.1:{port}/v1", KEY, server.pid, args, work / "e.json")
         litellm = None
         if args.litellm:
@@ -146,6 +183,17 @@ def main() -> int:
             print("# LiteLLM on :4000")
             litellm = compare("http://127.0.0.1:4000/v1", "sk-bench", pid, args, work / "l.json")
         print()
+        if before is not None:
+            print("mode       C | added p50 ms before | after | RPS before | after")
+            for mode in ("nonstream", "stream"):
+                for concurrency in (int(c) for c in args.concurrency.split(",")):
+                    old, new = cell(before, mode, concurrency), cell(enclave, mode, concurrency)
+                    print(
+                        f"{mode:9} {concurrency:>3} | {old['added_p50_ms']:19.2f} | "
+                        f"{new['added_p50_ms']:5.2f} | {old['gateway']['rps']:10.0f} | "
+                        f"{new['gateway']['rps']:5.0f}"
+                    )
+            print()
         print("mode       C | Enclave added p50 ms | Enclave RPS | LiteLLM RPS | RPS ratio")
         for mode in ("nonstream", "stream"):
             for concurrency in (int(c) for c in args.concurrency.split(",")):
@@ -158,7 +206,9 @@ def main() -> int:
                     f"{theirs or 0:11.0f} | {ratio}"
                 )
         if args.json:
-            Path(args.json).write_text(json.dumps({"enclave": enclave, "litellm": litellm}))
+            Path(args.json).write_text(
+                json.dumps({"enclave": enclave, "before": before, "litellm": litellm})
+            )
         return 0
     finally:
         if args.litellm:

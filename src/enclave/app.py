@@ -27,6 +27,7 @@ from enclave.api.errors import install_error_handlers
 from enclave.api.knowledge import routes as knowledge_routes
 from enclave.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from enclave.api.openai import routes as openai_routes
+from enclave.api.openapi import install_openapi
 from enclave.api.platform import routes as platform_routes
 from enclave.apps.actions import ActionStore
 from enclave.apps.runner import AppRunner
@@ -34,6 +35,7 @@ from enclave.apps.service import AppService
 from enclave.auth.keys import KeyService
 from enclave.auth.sessions import SessionService
 from enclave.chat.conversations import ConversationService
+from enclave.egress import EgressGuard, EgressPolicy
 from enclave.errors import ConfigError, EnclaveError
 from enclave.gateway.audit import AuditLog, audit_head_path
 from enclave.gateway.audit_reader import AuditReader
@@ -136,7 +138,12 @@ def start_knowledge(services: Services, sessions: sessionmaker[Session]) -> None
         config=settings.knowledge,
         blob_dir=settings.home / "knowledge" / "uploads",
     )
-    worker = IngestionWorker(knowledge, settings.knowledge.url_fetch)
+    if settings.knowledge.url_fetch.allow_private:
+        log.warning(
+            "knowledge.url_fetch.allow_private is deprecated: list the hosts or networks "
+            "knowledge URLs may reach in egress.allow instead"
+        )
+    worker = IngestionWorker(knowledge, settings.knowledge.url_fetch, services.egress)
     worker.start()
     services.knowledge, services.ingestion = knowledge, worker
     services.grounding = GroundedChat(knowledge, services.gateway, settings.knowledge)
@@ -152,9 +159,18 @@ def start_apps(services: Services, sessions: sessionmaker[Session]) -> None:
         levels=gateway.routing.levels,
         routing=gateway.routing,
         knowledge=services.knowledge,
+        egress=services.egress.policy,
+        floor=lambda workspace: (
+            gateway.policy(workspace).classification or gateway.routing.levels.lowest
+        ),
     )
-    # No proxies from the environment and no redirects: calls go where the app says.
-    services.apps_http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+    # No proxies from the environment and no redirects: calls go where the app says,
+    # and only where the outbound address guard allows (each request is vetted).
+    services.apps_http = httpx.AsyncClient(
+        follow_redirects=False,
+        trust_env=False,
+        transport=services.egress.transport("app-api"),
+    )
     services.app_runner = AppRunner(
         apps=services.apps,
         actions=ActionStore(sessions, settings.apps.action_ttl_s),
@@ -197,9 +213,9 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
             keys.ensure_workspace(workspace.name)
         app.state.engine = engine
         await model_registry.start()
-        inference = InferenceService(model_registry, metrics)
+        inference = InferenceService(model_registry, metrics, settings.input_limits)
         usage = UsageLedger(sessions)
-        audit = AuditLog(sessions, head_file=audit_head_path(settings))
+        audit = AuditLog.from_settings(sessions, settings)
         limiter = limiter_from_url(
             resolve_secret(settings.limiter_url) if settings.limiter_url else None
         )
@@ -229,6 +245,7 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
             conversations=ConversationService(sessions),
             audit_reader=AuditReader(sessions, audit, audit_head_path(settings)),
             metrics_token=metrics_token,
+            egress=EgressGuard(EgressPolicy.from_config(settings.egress), audit=audit),
         )
         start_knowledge(services, sessions)
         start_apps(services, sessions)
@@ -256,8 +273,11 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # Redirects are built from settings.public_url, never from Host: see api/errors.py.
+        redirect_slashes=False,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, public_url=settings.public_url)
+    install_openapi(app)
     app.include_router(health.router)
     app.include_router(openai_routes.router)
     app.router.routes.extend(openai_routes.routes)
@@ -279,5 +299,6 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         larger=[(knowledge_routes.UPLOAD_PATH, max(upload_limit, settings.max_body_bytes))],
+        max_json_depth=settings.input_limits.max_json_depth,
     )
     return app

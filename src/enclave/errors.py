@@ -78,12 +78,20 @@ class NotFound(EnclaveError):
     default_code = "not_found"
 
 
+def shorten(text: str, limit: int = 80) -> str:
+    """A client's text as it may be quoted back in a message: at most ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
 class ModelNotFound(NotFound):
     default_code = "model_not_found"
 
     def __init__(self, model: str) -> None:
         super().__init__(
-            f"The model '{model}' does not exist. GET /v1/models lists the available models.",
+            f"The model '{shorten(model)}' does not exist. "
+            "GET /v1/models lists the available models.",
             param="model",
         )
 

@@ -5,6 +5,11 @@ classification and passes the chosen local provider and model in. This layer
 admits the request to it and wraps the resulting stream so that time to first
 token and token counts reach the metrics whether the client reads to the end
 or leaves.
+
+Embedding requests are bounded here, before any provider sees them: the
+characters that can reach the model (each input cut to its context times
+``input_limits.chars_per_token``), summed over the inputs, must stay within
+``input_limits.max_embedding_chars``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from enclave.errors import InvalidRequest
 from enclave.metrics import Metrics
 from enclave.providers.base import (
     EmbeddingResult,
+    EmbedPriority,
     Finished,
     GenerationEvent,
     GenerationRequest,
@@ -27,6 +33,10 @@ from enclave.providers.base import (
     Usage,
 )
 from enclave.providers.registry import ModelRegistry
+from enclave.settings import InputLimitsConfig
+
+# Requests with more inputs than this are bulk work unless the caller says otherwise.
+INTERACTIVE_INPUTS = 32
 
 
 class Generation:
@@ -68,9 +78,15 @@ class Generation:
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        limits: InputLimitsConfig | None = None,
+    ) -> None:
         self.registry = registry
         self.metrics = metrics
+        self.limits = limits or InputLimitsConfig()
 
     async def generate(
         self, request: GenerationRequest, provider: Provider, card: ModelCard
@@ -90,17 +106,45 @@ class InferenceService:
         card: ModelCard,
         *,
         dimensions: int | None = None,
+        priority: EmbedPriority | None = None,
     ) -> EmbeddingResult:
-        """Embed ``inputs`` on ``provider``; ``dimensions``, if given, must be the model's own."""
+        """Embed ``inputs`` on ``provider``; ``dimensions``, if given, must be the model's own.
+
+        ``priority`` defaults to ``interactive`` for up to :data:`INTERACTIVE_INPUTS`
+        inputs and ``bulk`` above.
+        """
         native = card.capabilities.embedding_dimensions
         if dimensions is not None and dimensions != native:
             raise InvalidRequest(
                 f"The model '{card.id}' produces {native} dimensions and cannot change that.",
                 param="dimensions",
             )
-        result = await provider.embed(card.id, inputs)
+        self.check_embedding_size(inputs, card)
+        if priority is None:
+            priority = "interactive" if len(inputs) <= INTERACTIVE_INPUTS else "bulk"
+        result = await provider.embed(card.id, inputs, priority=priority)
         self.metrics.tokens.labels(card.id, "in").inc(result.prompt_tokens)
         return result
+
+    def check_embedding_size(self, inputs: Sequence[str], card: ModelCard) -> None:
+        """Refuse (400) a request whose inputs, each cut to the context, are too many characters."""
+        context = card.capabilities.context_length
+        per_input = context * self.limits.chars_per_token if context else None
+        limit = self.limits.max_embedding_chars
+        total = 0
+        for text in inputs:
+            if not isinstance(text, str):
+                continue
+            total += len(text) if per_input is None else min(len(text), per_input)
+            if total > limit:
+                raise InvalidRequest(
+                    f"The inputs of this request are more than {limit} characters together "
+                    f"(input_limits.max_embedding_chars; each input counts up to "
+                    f"{per_input or 'all its'} characters). Send fewer or shorter inputs "
+                    "per request.",
+                    param="input",
+                    code="embedding_request_too_large",
+                )
 
     async def provider_status(self) -> list[dict[str, Any]]:
         """Health, models and backend state of every provider."""

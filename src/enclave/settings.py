@@ -216,6 +216,39 @@ class RunnerConfig(StrictModel):
         64, ge=1, le=100_000, description="Requests waiting per model before 429."
     )
     n_batch: int = Field(512, ge=8, le=8192, description="Prompt tokens evaluated per batch.")
+    mode: Literal["process", "inline"] = Field(
+        "process",
+        description=(
+            "'process': the embedded engines run in supervised runner processes, so an engine "
+            "crash cannot take the gateway down; 'inline': in the control plane's process."
+        ),
+    )
+    extra_buffer_types: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "llama.cpp extra buffer types (weight repacking, AMX). 'auto': off on CPUs where "
+            "they are known to crash (AMX), on elsewhere."
+        ),
+    )
+    embed_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Embedder precision. 'auto': bfloat16 on CPUs with AMX or AVX-512 BF16.",
+    )
+    self_test: bool = Field(
+        True, description="One short generation (and embedding) before a runner is ready."
+    )
+    start_timeout_s: float = Field(
+        300.0, gt=0, le=3600, description="Longest wait for a runner to load and self-test."
+    )
+    restart_backoff_max_s: float = Field(
+        30.0, ge=0.1, le=3600, description="Longest pause between restarts of a crashed runner."
+    )
+    restart_wait_s: float = Field(
+        20.0,
+        ge=0,
+        le=600,
+        description="How long a new request waits for a restarting runner before a 502.",
+    )
 
 
 URL_SCHEMES: tuple[Literal["http", "https"], ...] = ("http", "https")
@@ -231,9 +264,37 @@ class UrlFetchConfig(StrictModel):
     )
     allow_private: bool = Field(
         False,
-        description="Allow loopback, link-local and private addresses (off: SSRF guard).",
+        description=(
+            "Deprecated: use egress.allow. Lets knowledge URL fetches reach every non-public "
+            "address except cloud metadata ones."
+        ),
     )
     max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed, each re-checked.")
+
+
+def _allow_entry(entry: str) -> str:
+    from enclave.egress import parse_allow_entry  # the guard owns the syntax
+
+    parse_allow_entry(entry)  # a ValueError names the entry
+    return entry
+
+
+class EgressConfig(StrictModel):
+    """Where the server itself may connect beyond the public internet (``egress:``).
+
+    Every URL the server fetches (knowledge URLs, app API calls) is refused when
+    it reaches a loopback, private, link-local, shared, multicast, reserved or
+    cloud metadata address, unless an entry here allows it (``enclave.egress``).
+    """
+
+    allow: list[Annotated[str, AfterValidator(_allow_entry)]] = Field(
+        default_factory=list,
+        description=(
+            "Host names ('hr.internal.example', '*.corp.example') and addresses or CIDRs "
+            "('10.20.0.0/16', '127.0.0.1/32') the server may connect to although they are "
+            "not public. A metadata address is allowed only by its exact address."
+        ),
+    )
 
 
 class KnowledgeConfig(StrictModel):
@@ -320,6 +381,51 @@ class AppsConfig(StrictModel):
     max_avatar_bytes: int = Field(256 * 1024, ge=1024, description="Largest app avatar image.")
 
 
+class InputLimitsConfig(StrictModel):
+    """Bounds on what one request may make the server do (``input_limits:``).
+
+    Every input is cut or refused before it is tokenised, parsed or stored, so
+    its cost stays bounded whatever the client sends.
+    """
+
+    chars_per_token: int = Field(
+        8,
+        ge=2,
+        le=64,
+        description=(
+            "Characters a token is assumed to cover at most. An embedding input is cut to "
+            "context x this many characters before tokenising; a prompt longer than that "
+            "is refused (context_length_exceeded) without tokenising it."
+        ),
+    )
+    max_embedding_chars: int = Field(
+        2_000_000,
+        ge=1024,
+        description=(
+            "Characters one embedding request may carry in all its inputs together, "
+            "counted after each input is cut to the model's context (400 above)."
+        ),
+    )
+    max_json_depth: int = Field(
+        64, ge=4, le=512, description="Deepest nesting of a JSON body or JSON field (400 above)."
+    )
+    max_model_name_chars: int = Field(
+        256, ge=16, le=4096, description="Longest model name in a request (400 above)."
+    )
+    max_name_chars: int = Field(
+        128, ge=16, le=4096, description="Longest name of a key, knowledge base or app (400 above)."
+    )
+    max_title_chars: int = Field(
+        512, ge=16, le=65536, description="Longest title of a conversation or document (400 above)."
+    )
+    max_prompt_chars: int = Field(
+        65536,
+        ge=1024,
+        le=4 * 1024 * 1024,
+        description="Longest app prompt text (system_prompt, descriptions, welcome; 400 above).",
+    )
+
+
 class UiConfig(StrictModel):
     """The web UI's sign-in sessions (``ui:``)."""
 
@@ -359,6 +465,104 @@ def default_providers() -> list[ProviderConfig]:
             ],
         ),
     ]
+
+
+DEPLOYMENT_ENGINES = ("llamacpp", "vllm", "llama-server", "sentence-transformers")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str) -> int:
+    """Seconds in a duration such as ``90s``, ``30m``, ``2h`` or ``1d``."""
+    text = value.strip()
+    unit = _DURATION_UNITS.get(text[-1:])
+    if unit is None or not text[:-1].isdigit() or int(text[:-1]) < 1:
+        raise ValueError(f"'{value}' is not a duration such as 90s, 30m, 2h or 1d")
+    return int(text[:-1]) * unit
+
+
+def _check_duration(value: str | None) -> str | None:
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
+class DeploymentConfig(StrictModel):
+    """A model the control plane keeps served on runners (``deployments:``).
+
+    Placed by ``enclave.runners.placement``; also the entries of the file given
+    to ``enclave deployments apply -f``.
+    """
+
+    model: str = Field(pattern=NAME_PATTERN, description="Model id clients use.")
+    source: str = Field(
+        description="Where the runner finds the weights: 'builtin:NAME' or 'file:/path'."
+    )
+    engine: Literal["llamacpp", "vllm", "llama-server", "sentence-transformers"] = Field(
+        description="Engine that serves it; only runners that offer it are used."
+    )
+    memory_gb: float = Field(gt=0, le=4096, description="Memory one replica needs, in GB.")
+    replicas: int = Field(1, ge=1, le=64, description="Replicas wanted, on distinct runners.")
+    keep_alive: Annotated[str | None, AfterValidator(_check_duration)] = Field(
+        None,
+        description="Load on first use, unload after this long idle ('30m'); null: always on.",
+    )
+    priority: Literal["high", "normal", "low"] = Field(
+        "normal", description="A higher one may evict an idle lower one."
+    )
+    clearance: str | None = Field(
+        None,
+        description="Class of data it serves; only runners cleared for it. Default: the highest.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source_is_a_reference(cls, value: str) -> str:
+        kind, _, target = value.partition(":")
+        if kind not in ("builtin", "file") or not target.strip():
+            raise ValueError("source must be 'builtin:NAME' or 'file:/path/to/weights'")
+        return value
+
+    @property
+    def keep_alive_s(self) -> int | None:
+        return None if self.keep_alive is None else parse_duration(self.keep_alive)
+
+
+def check_deployments(deployments: list[DeploymentConfig], classes: list[str]) -> None:
+    """Cross-field checks: unique models, known clearance (set to the highest when unset)."""
+    seen: set[str] = set()
+    for index, deployment in enumerate(deployments):
+        if deployment.model in seen:
+            raise FieldProblem(
+                (index, "model"), f"'{deployment.model}' is deployed twice; merge the entries"
+            )
+        seen.add(deployment.model)
+        if deployment.clearance is None:
+            deployment.clearance = classes[-1]
+        elif deployment.clearance not in classes:
+            raise FieldProblem((index, "clearance"), _unknown_class(deployment.clearance, classes))
+
+
+class AuditConfig(StrictModel):
+    """The audit log's signing key and checkpoints (``audit:``); see docs/operations.md."""
+
+    signing_key: SecretReference | None = Field(
+        None,
+        description=(
+            "Reference (env:/file:) to the Ed25519 private key (PEM) that signs the audit "
+            "log's head and checkpoints; null: <home>/audit-signing-key.pem, created on "
+            "first start."
+        ),
+    )
+    trusted_public_keys: list[Path] = Field(
+        default_factory=list,
+        description="PEM public keys of earlier signing keys, still trusted for old checkpoints.",
+    )
+    checkpoint_interval_s: float = Field(
+        60.0, gt=0, le=86400, description="Seconds between signed checkpoints, at most."
+    )
+    checkpoint_entries: int = Field(
+        1000, ge=1, le=10_000_000, description="Entries between signed checkpoints, at most."
+    )
 
 
 class Settings(BaseSettings):
@@ -421,7 +625,21 @@ class Settings(BaseSettings):
     )
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     apps: AppsConfig = Field(default_factory=AppsConfig)
+    egress: EgressConfig = Field(default_factory=EgressConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    input_limits: InputLimitsConfig = Field(default_factory=InputLimitsConfig)
+    deployments: list[DeploymentConfig] = Field(
+        default_factory=list,
+        description="Models placed on runners by memory; `enclave deployments apply` adds more.",
+    )
+    public_url: str | None = Field(
+        None,
+        description=(
+            "The address clients reach the server at (https://ai.example.com); redirects are "
+            "built from it, never from the Host header. Null: redirects carry only a path."
+        ),
+    )
     # After providers, so that its validator can see them.
     default_model: str = Field(
         "smollm2-135m", description="Model used when a request names the model 'default'."
@@ -436,6 +654,15 @@ class Settings(BaseSettings):
         if len(secret) < 16:
             raise ValueError("ENCLAVE_ADMIN_KEY must be at least 16 characters long")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_absolute(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("http://", "https://")) or any(c in value for c in "?#\r\n"):
+            raise ValueError("public_url must be an http(s):// URL without query or fragment")
+        return value.rstrip("/")
 
     @field_validator("home", mode="after")
     @classmethod
@@ -505,6 +732,10 @@ class Settings(BaseSettings):
                         f"'{target}' is not a configured provider/model "
                         f"(known: {', '.join(sorted(qualified))})",
                     )
+        try:
+            check_deployments(self.deployments, classes)
+        except FieldProblem as problem:
+            raise FieldProblem(("deployments", *problem.loc), problem.message) from None
         knowledge = self.knowledge
         if knowledge.chunk_overlap >= knowledge.chunk_tokens:
             raise FieldProblem(

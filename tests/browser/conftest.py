@@ -73,6 +73,8 @@ runner:
   queue_size: 8
 apps:
   secret_env: [HR_TOKEN]
+egress:
+  allow: [127.0.0.1/32]  # the example's mock HR API, on loopback
 providers:
   - name: local
     type: llamacpp

@@ -127,13 +127,17 @@ def running_mock_hr_api(token: str) -> Iterator[str]:
 
 
 # One model slot and a two-deep queue, so queueing and cancellation are observable.
-# Apps may send HR_TOKEN (the example's header secret) and nothing else.
+# Apps may send HR_TOKEN (the example's header secret) and nothing else, and may reach
+# 127.0.0.1 (the mock HR API and `enclave test`'s fixture server) and no other
+# non-public address: the outbound guard is on, opened for loopback explicitly.
 E2E_CONFIG = """
 runner:
   slots: 1
   queue_size: 2
 apps:
   secret_env: [HR_TOKEN]
+egress:
+  allow: [127.0.0.1/32]
 """
 HR_TOKEN = "e2e-hr-token-0123456789"
 

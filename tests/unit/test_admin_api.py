@@ -128,7 +128,11 @@ def test_verify_flushes_then_checks_the_chain(client: TestClient) -> None:
     result = client.post("/api/admin/audit/verify", headers=auth()).json()
     assert result["ok"] is True and result["entries"] == 3
     assert result["first_bad"] is None and len(result["head_hash"]) == 64
-    assert set(result) == {"ok", "entries", "first_bad", "reason", "head_hash", "notes"}
+    assert set(result) == {
+        *("ok", "entries", "first_bad", "reason", "head_hash", "notes"),
+        *("checkpoints", "key_ids"),  # the signed head and checkpoints checked, and their keys
+    }
+    assert result["checkpoints"] >= 2 and len(result["key_ids"]) == 1
 
     engine = client.app.state.engine  # type: ignore[attr-defined]
     with engine.begin() as connection:

@@ -517,6 +517,19 @@ def test_a_rejected_draft_raises_with_the_servers_reason(
     assert fake.drafts == {}
 
 
+def test_a_draft_refused_by_the_outbound_guard_says_how_to_allow_the_fixtures(
+    fake: FakeEnclave, client: ApiClient
+) -> None:
+    fake.reject_drafts = (
+        "spec.apis[0].url: refused http://127.0.0.1:5000/hr: 127.0.0.1 is a loopback "
+        "address (an admin can allow it in egress.allow)."
+    )
+    with pytest.raises(DraftError) as caught:
+        run_tests(client, manifest({"name": "t", "steps": [{"prompt": "hi"}]}))
+    assert "--fixture-host" in caught.value.message
+    assert "egress.allow (e.g. 127.0.0.1/32)" in caught.value.message
+
+
 def test_the_gate_prints_the_table_and_says_whether_all_passed(client: ApiClient) -> None:
     console = Console(record=True, width=160, color_system=None)
     passing = manifest(

@@ -17,6 +17,9 @@ import httpx
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from enclave.app import create_app
@@ -363,32 +366,154 @@ def test_cancelling_an_action_answers_it_cancelled_once(apps: AppsClient) -> Non
     assert confirm.status_code == 409 and apps.api.requests == []
 
 
-def test_a_follow_up_yes_confirms_and_a_no_cancels(apps: AppsClient) -> None:
-    apps.apply(example_spec())
-    question = "Create a new vacancy titled Nurse."
-    asked = apps.chat(question).json()
+def pending_question(apps: AppsClient, question: str) -> tuple[list[dict[str, Any]], str]:
+    """Ask for a write; return the conversation so far and the pending action's id."""
+    asked = apps.chat(question)
+    assert asked.status_code == 200, asked.text
+    body = asked.json()
+    pending = body["app"]["pending_action"]
+    assert pending is not None, body
     turns = [
         {"role": "user", "content": question},
-        {"role": "assistant", "content": asked["choices"][0]["message"]["content"]},
+        {"role": "assistant", "content": body["choices"][0]["message"]["content"]},
     ]
-    done = apps.chat([*turns, {"role": "user", "content": "yes, go ahead"}]).json()
-    [call] = done["app"]["tool_calls"]
-    assert (call["operation"], call["status"]) == ("POST /vacancies", 201)
+    return turns, pending["id"]
+
+
+def action_status(apps: AppsClient, action_id: str) -> str:
+    state = apps.client.get(f"/api/actions/{action_id}", headers=apps.auth())
+    assert state.status_code == 200, state.text
+    return str(state.json()["status"])
+
+
+CLOSE = "Close vacancy 12 (closeVacancy)."
+
+
+def test_the_question_says_how_to_confirm_explicitly(apps: AppsClient) -> None:
+    apps.apply(example_spec())
+    turns, action_id = pending_question(apps, CLOSE)
+    text = turns[-1]["content"]
+    assert "DELETE /vacancies/{id} (closeVacancy)" in text
+    assert "press Confirm" in text and f"/api/actions/{action_id}/confirm" in text
+    assert f'"enclave": {{"confirm": "{action_id}"}}' in text
+    assert 'Reply "confirm"' not in text
+    assert apps.api.requests == []
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # The reproductions from issue 11: each of these once ran the DELETE.
+        "Yes? wait, no, don't!",
+        "do it later, not now",
+        "ok, but what exactly would this do?",
+        "y is this needed?",
+        # Plain assent is not an explicit act either.
+        "yes",
+        "confirm",
+        "Yes, go ahead",
+        "  OK!",
+    ],
+)
+def test_a_free_text_reply_never_confirms_a_pending_write(apps: AppsClient, reply: str) -> None:
+    apps.apply(example_spec())
+    turns, action_id = pending_question(apps, CLOSE)
+    answer = apps.chat([*turns, {"role": "user", "content": reply}])
+    assert answer.status_code == 200, answer.text
+    assert apps.api.requests == []  # the HR API never saw the DELETE
+    assert action_status(apps, action_id) == "pending"
+    body = answer.json()
+    text = body["choices"][0]["message"]["content"]
+    assert text.startswith("Nothing was run: a chat reply cannot confirm an action.")
+    assert "press Confirm" in text and f"/api/actions/{action_id}/confirm" in text
+    assert f'"enclave": {{"confirm": "{action_id}"}}' in text
+    assert body["app"]["pending_action"]["id"] == action_id  # the Confirm button again
+    assert body["app"]["tool_calls"] == []
+
+    # A second "yes" after the reminder is still not a confirmation.
+    reminded = [*turns, {"role": "user", "content": reply}, {"role": "assistant", "content": text}]
+    apps.chat([*reminded, {"role": "user", "content": "yes"}])
+    assert apps.api.requests == [] and action_status(apps, action_id) == "pending"
+
+    # The explicit act runs it, exactly once.
+    done = apps.chat(reminded, enclave={"confirm": action_id})
+    assert done.status_code == 200, done.text
+    assert done.json()["app"]["tool_calls"][0]["operation"] == "DELETE /vacancies/{id}"
+    assert [(r.method, r.url.path) for r in apps.api.requests] == [("DELETE", "/api/vacancies/12")]
+    assert action_status(apps, action_id) == "executed"
+    again = apps.chat(reminded, enclave={"confirm": action_id})
+    assert again.status_code == 409
     assert len(apps.api.requests) == 1
 
-    asked = apps.chat(question).json()
-    turns[1]["content"] = asked["choices"][0]["message"]["content"]
+
+def test_a_yes_after_the_action_was_decided_runs_nothing(apps: AppsClient) -> None:
+    apps.apply(example_spec())
+    turns, action_id = pending_question(apps, CLOSE)
+    assert apps.client.post(f"/api/actions/{action_id}/cancel", headers=apps.auth()).is_success
+    answer = apps.chat([*turns, {"role": "user", "content": "yes"}]).json()
+    assert answer["choices"][0]["message"]["content"].startswith(f"Action {action_id}")
+    assert "is cancelled; nothing was run" in answer["choices"][0]["message"]["content"]
+    assert answer["app"]["pending_action"] is None
+    assert apps.api.requests == []
+
+
+def test_a_free_text_no_cancels_and_the_explicit_confirm_runs_once(apps: AppsClient) -> None:
+    apps.apply(example_spec())
+    question = "Create a new vacancy titled Nurse."
+    turns, action_id = pending_question(apps, question)
     cancelled = apps.chat([*turns, {"role": "user", "content": "cancel"}]).json()
     assert cancelled["choices"][0]["message"]["content"].startswith("Cancelled")
-    assert len(apps.api.requests) == 1
-    state = apps.client.get(
-        f"/api/actions/{asked['app']['pending_action']['id']}", headers=apps.auth()
-    ).json()
-    assert state["status"] == "cancelled"
+    assert apps.api.requests == []
+    assert action_status(apps, action_id) == "cancelled"
 
-    explicit = apps.chat(question).json()["app"]["pending_action"]["id"]
-    via_option = apps.chat(turns, enclave={"confirm": explicit}).json()
+    turns, action_id = pending_question(apps, question)
+    refused = apps.chat([*turns, {"role": "user", "content": "no, don't"}]).json()
+    assert refused["choices"][0]["message"]["content"].startswith("Cancelled")
+    assert action_status(apps, action_id) == "cancelled" and apps.api.requests == []
+
+    turns, action_id = pending_question(apps, question)
+    via_option = apps.chat(turns, enclave={"confirm": action_id}).json()
     assert via_option["app"]["tool_calls"][0]["status"] == 201
+    assert [r.method for r in apps.api.requests] == ["POST"]
+
+    turns, action_id = pending_question(apps, question)
+    via_route = apps.client.post(f"/api/actions/{action_id}/confirm", headers=apps.auth())
+    assert via_route.json()["status"] == "executed"
+    assert [r.method for r in apps.api.requests] == ["POST", "POST"]
+
+
+ASSENT = ["yes", "Yes!", "y", "ok", "okay", "confirm", "confirmed", "go ahead", "do it", "sure"]
+
+
+@hypothesis_settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    reply=st.one_of(
+        st.text(max_size=60),
+        st.builds(
+            lambda word, rest: word + rest,
+            st.sampled_from(ASSENT),
+            st.text(max_size=40),
+        ),
+        st.builds(
+            lambda word, rest: f"{word}, {rest}",
+            st.sampled_from(ASSENT),
+            st.sampled_from(["close vacancy 12", "closeVacancy now", "run act_", "please"]),
+        ),
+    )
+)
+def test_no_free_text_reply_ever_runs_a_pending_write(apps: AppsClient, reply: str) -> None:
+    if apps.client.get("/api/apps", headers=apps.auth()).json()["data"] == []:
+        apps.apply(example_spec())
+    turns, action_id = pending_question(apps, CLOSE)
+    answer = apps.chat([*turns, {"role": "user", "content": reply}])
+    assert answer.status_code < 500, answer.text
+    # What the user would notice: the HR API never received a write.
+    assert [r.method for r in apps.api.requests if r.method != "GET"] == []
+    assert action_status(apps, action_id) in ("pending", "cancelled")
 
 
 def test_apps_stream_and_end_with_the_app_chunk(apps: AppsClient) -> None:

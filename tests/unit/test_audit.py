@@ -24,10 +24,13 @@ from enclave.gateway.audit import (
     GENESIS_HASH,
     AuditLog,
     AuditRecord,
+    VerifyResult,
+    audit_checkpoint_path,
     audit_head_path,
     export_jsonl,
     verify_chain,
 )
+from enclave.gateway.audit_keys import AuditSigner, signer_from_settings
 from enclave.settings import load_settings
 from enclave.storage.db import open_database
 
@@ -39,10 +42,24 @@ class Db:
     engine: Engine
     sessions: sessionmaker[Session]
     head: Path
+    signer: AuditSigner
+    checkpoints: Path
 
     def log(self, **options: Any) -> AuditLog:
         options.setdefault("flush_interval", 0.01)
-        return AuditLog(self.sessions, head_file=self.head, **options)
+        options.setdefault("signer", self.signer)
+        return AuditLog(
+            self.sessions, head_file=self.head, checkpoint_file=self.checkpoints, **options
+        )
+
+    def verify(self, **keys: Any) -> VerifyResult:
+        """Verify with the signing key's public key, as the server and the CLI do."""
+        return verify_chain(
+            self.sessions,
+            self.head,
+            checkpoint_file=self.checkpoints,
+            keys=keys or {self.signer.key_id: self.signer.public_key},
+        )
 
     def fill(self, count: int, start: int = 0) -> None:
         audit = self.log()
@@ -64,7 +81,8 @@ class Db:
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Db]:
     engine, sessions = open_database(f"sqlite:///{tmp_path / 'enclave.db'}")
-    yield Db(engine, sessions, tmp_path / "audit.head")
+    signer = AuditSigner.generate()
+    yield Db(engine, sessions, tmp_path / "audit.head", signer, tmp_path / "audit.checkpoints")
     engine.dispose()
 
 
@@ -119,7 +137,7 @@ def test_appends_from_many_threads_form_one_valid_chain(db: Db) -> None:
         thread.join()
     audit.flush()
 
-    result = verify_chain(db.sessions, db.head)
+    result = db.verify()
     assert result.ok, result.reason
     assert result.entries == 2400
     rows = db.rows()
@@ -127,7 +145,9 @@ def test_appends_from_many_threads_form_one_valid_chain(db: Db) -> None:
     assert rows[0].prev_hash == GENESIS_HASH
     models = {json.loads(row.payload)["requested_model"] for row in rows}
     assert models == {f"model-{t * 1000 + i}" for t in range(8) for i in range(300)}
-    assert json.loads(db.head.read_text()) == {"seq": 2400, "hash": rows[-1].hash}
+    head = json.loads(db.head.read_text())
+    assert (head["seq"], head["hash"], head["kind"]) == (2400, rows[-1].hash, "head")
+    assert head["key_id"] == db.signer.key_id and head["signature"]
     assert result.head_hash == rows[-1].hash
     audit.close()
 
@@ -148,7 +168,7 @@ def test_a_restarted_log_continues_the_chain(db: Db) -> None:
     rows = db.rows()
     assert [row.seq for row in rows] == list(range(1, 16))
     assert rows[10].prev_hash == last.hash
-    result = verify_chain(db.sessions, db.head)
+    result = db.verify()
     assert result.ok and result.entries == 15, result.reason
 
 
@@ -158,7 +178,7 @@ def test_an_edited_entry_is_named(db: Db) -> None:
         'UPDATE audit_log SET payload = replace(payload, \'"outcome":"ok"\', '
         '\'"outcome":"denied"\') WHERE seq = 42'
     )
-    result = verify_chain(db.sessions, db.head)
+    result = db.verify()
     assert not result.ok
     assert result.first_bad == 42
     assert result.reason == "entry 42 was edited (hash mismatch)"
@@ -170,7 +190,7 @@ def test_an_edit_with_a_recomputed_hash_breaks_the_next_link(db: Db) -> None:
     payload = row.payload.replace('"status":200', '"status":403')
     digest = hashlib.sha256(f"{row.prev_hash}[42,{payload}]".encode()).hexdigest()
     db.sql("UPDATE audit_log SET payload = :p, hash = :h WHERE seq = 42", p=payload, h=digest)
-    result = verify_chain(db.sessions, db.head)
+    result = db.verify()
     assert not result.ok
     assert result.first_bad == 43
     assert "entry 42 was rewritten" in result.reason
@@ -179,7 +199,7 @@ def test_an_edit_with_a_recomputed_hash_breaks_the_next_link(db: Db) -> None:
 def test_an_edited_indexed_column_is_named(db: Db) -> None:
     db.fill(10)
     db.sql("UPDATE audit_log SET workspace = 'elsewhere' WHERE seq = 7")
-    result = verify_chain(db.sessions, db.head)
+    result = db.verify()
     assert (result.ok, result.first_bad) == (False, 7)
     assert "column 'workspace'" in result.reason
 
@@ -187,7 +207,7 @@ def test_an_edited_indexed_column_is_named(db: Db) -> None:
 def test_a_deleted_entry_is_named(db: Db) -> None:
     db.fill(30)
     db.sql("DELETE FROM audit_log WHERE seq = 17")
-    result = verify_chain(db.sessions, db.head)
+    result = db.verify()
     assert (result.ok, result.first_bad) == (False, 17)
     assert result.reason == "entry 17 is missing (seq 16 is followed by 18)"
 
@@ -195,7 +215,7 @@ def test_a_deleted_entry_is_named(db: Db) -> None:
 def test_deleted_first_entries_are_named(db: Db) -> None:
     db.fill(10)
     db.sql("DELETE FROM audit_log WHERE seq <= 3")
-    result = verify_chain(db.sessions, db.head)
+    result = db.verify()
     assert (result.ok, result.first_bad) == (False, 1)
     assert result.reason == "entries 1 to 3 are missing (the log starts at seq 4)"
 
@@ -214,7 +234,7 @@ def test_swapped_entries_are_named(db: Db, columns: tuple[str, ...], expected: s
         assignments = ", ".join(f"{column} = :{column}" for column in columns)
         values = {column: getattr(rows[other], column) for column in columns}
         db.sql(f"UPDATE audit_log SET {assignments} WHERE seq = :seq", seq=seq, **values)
-    result = verify_chain(db.sessions, db.head)
+    result = db.verify()
     assert (result.ok, result.first_bad) == (False, 5)
     assert result.reason.startswith(expected)
 
@@ -227,12 +247,11 @@ def test_a_deleted_tail_is_caught_only_with_the_head_file(db: Db) -> None:
     assert blind.ok and blind.entries == 45  # the documented limit of a bare chain
     assert any("would go unnoticed" in note for note in blind.notes)
 
-    result = verify_chain(db.sessions, db.head)
+    result = db.verify()
     assert not result.ok
     assert result.first_bad == 46
-    assert result.reason == (
-        "the log ends at 45 but the head file records 50 entries (tail deleted)"
-    )
+    assert result.reason.startswith("the log ends at 45 but the signed head for entry 50 (signed ")
+    assert result.reason.endswith(f"by key {db.signer.key_id}) records 50 entries (tail deleted)")
 
 
 def test_a_rewritten_tail_is_caught_with_the_head_file(db: Db) -> None:
@@ -248,6 +267,10 @@ def test_a_rewritten_tail_is_caught_with_the_head_file(db: Db) -> None:
     result = verify_chain(db.sessions, db.head)
     assert (result.ok, result.first_bad) == (False, 20)
     assert "does not match the head file" in result.reason
+    # ...nor the signed checkpoints.
+    result = db.verify()
+    assert not result.ok and result.first_bad is not None and result.first_bad <= 16
+    assert "do not match the checkpoint for entry" in result.reason
 
 
 def test_a_restart_after_tail_deletion_keeps_the_gap(db: Db) -> None:
@@ -255,7 +278,7 @@ def test_a_restart_after_tail_deletion_keeps_the_gap(db: Db) -> None:
     db.sql("DELETE FROM audit_log WHERE seq > 45")
     db.fill(3, start=50)
     assert [row.seq for row in db.rows()][-4:] == [45, 51, 52, 53]
-    result = verify_chain(db.sessions, db.head)
+    result = db.verify()
     assert (result.ok, result.first_bad) == (False, 46)
     assert result.reason == "entries 46 to 50 are missing (seq 45 is followed by 51)"
 
@@ -266,6 +289,10 @@ def test_export_filters_by_time_and_lines_can_be_rechecked(db: Db, tmp_path: Pat
     with open(out, "w", encoding="utf-8") as handle:
         count = export_jsonl(db.sessions, handle, since=T0 + timedelta(seconds=6))
     lines = [json.loads(line) for line in out.read_text().split("\n") if line]
+    assert lines[0] == {
+        "export": {"format": "enclave-audit-export-1", "first_seq": 7, "head_seq": None}
+    }
+    lines = lines[1:]
     assert count == len(lines) == 4
     assert [line["seq"] for line in lines] == [7, 8, 9, 10]
     for line in lines:
@@ -287,7 +314,7 @@ def test_entries_keep_finding_types_and_counts_and_text_only_when_given(db: Db) 
     assert first["prompt_text"] is None and first["response_text"] is None
     assert first["reasons"] == ["workspace floor: internal", "detector iban x2: confidential"]
     assert second["prompt_text"] == "Überweise an DE89 3704"
-    assert verify_chain(db.sessions, db.head).ok
+    assert db.verify().ok
 
 
 def test_text_that_is_not_valid_utf8_does_not_wedge_the_writer(db: Db) -> None:
@@ -297,7 +324,7 @@ def test_text_that_is_not_valid_utf8_does_not_wedge_the_writer(db: Db) -> None:
     entry = json.loads(db.rows()[0].payload)
     assert entry["prompt_text"] == "lone surrogate ? here"
     assert entry["latency_ms"] is None
-    assert verify_chain(db.sessions, db.head).ok
+    assert db.verify().ok
 
 
 def test_a_malformed_record_keeps_its_place_without_wedging_the_writer(db: Db) -> None:
@@ -310,7 +337,7 @@ def test_a_malformed_record_keeps_its_place_without_wedging_the_writer(db: Db) -
     entries = [json.loads(row.payload) for row in db.rows()]
     assert [entry["outcome"] for entry in entries] == ["ok", "unrecordable", "ok"]
     assert entries[1]["error"] == "ValueError"
-    assert verify_chain(db.sessions, db.head).ok
+    assert db.verify().ok
     audit.close()
 
 
@@ -326,7 +353,7 @@ def test_the_writer_survives_a_transient_database_error(
         audit.flush(timeout=10)
     assert state["failed"] == 1
     assert [row.seq for row in db.rows()] == list(range(1, 21))
-    assert verify_chain(db.sessions, db.head).ok
+    assert db.verify().ok
     assert "audit log: writing" in caplog.text and "database is locked" in caplog.text
     assert "SECRET-PROMPT" not in caplog.text
     audit.close()
@@ -346,7 +373,7 @@ def test_appends_do_not_wait_for_a_database_that_is_down(db: Db) -> None:
     state["left"] = 0  # the database comes back
     audit.flush(timeout=20)
     assert len(db.rows()) == 2000
-    assert verify_chain(db.sessions, db.head).ok
+    assert db.verify().ok
     audit.close()
 
 
@@ -366,7 +393,13 @@ def test_a_commit_that_reports_failure_is_not_written_twice(db: Db) -> None:
         session.commit = commit_then_fail  # type: ignore[method-assign]
         return session
 
-    audit = AuditLog(sessions, head_file=db.head, flush_interval=0.01)  # type: ignore[arg-type]
+    audit = AuditLog(
+        sessions,  # type: ignore[arg-type]
+        head_file=db.head,
+        checkpoint_file=db.checkpoints,
+        signer=db.signer,
+        flush_interval=0.01,
+    )
     audit.start()
     for index in range(5):
         audit.append(record(index))
@@ -374,7 +407,7 @@ def test_a_commit_that_reports_failure_is_not_written_twice(db: Db) -> None:
     audit.close()
     assert calls["failed"] == 1
     assert [row.seq for row in db.rows()] == [1, 2, 3, 4, 5]
-    assert verify_chain(db.sessions, db.head).ok
+    assert db.verify().ok
 
 
 def test_close_gives_up_on_a_dead_database_and_says_how_much_was_lost(
@@ -402,7 +435,9 @@ def home(enclave_home: Path) -> Path:
 def fill_home(count: int) -> Db:
     settings = load_settings()
     engine, sessions = open_database(settings.resolved_database_url)
-    db = Db(engine, sessions, audit_head_path(settings))
+    signer = signer_from_settings(settings)
+    assert signer is not None
+    db = Db(engine, sessions, audit_head_path(settings), signer, audit_checkpoint_path(settings))
     db.fill(count)
     return db
 
@@ -413,7 +448,8 @@ def test_cli_verify_reports_ok_and_tampering(home: Path) -> None:
     result = runner.invoke(app, ["audit", "verify"])
     assert result.exit_code == 0, result.output
     head = db.rows()[-1].hash
-    assert result.stdout.strip() == f"audit log OK: 12 entries, head {head[:16]}"
+    assert result.stdout.startswith(f"audit log OK: 12 entries, head {head[:16]}, ")
+    assert result.stdout.strip().endswith(f"signatures by key {db.signer.key_id}")
 
     db.sql("DELETE FROM audit_log WHERE seq = 4")
     result = runner.invoke(app, ["audit", "verify"])
@@ -429,15 +465,22 @@ def test_cli_export_to_stdout_and_file(home: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["audit", "export", "--since", "2026-11-01T09:00:07Z"])
     assert result.exit_code == 0, result.output
-    assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [8, 9, 10]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["seq"] for line in lines if "entry" in line] == [8, 9, 10]
+    assert [next(iter(line)) for line in lines if "entry" not in line] == [
+        "export",
+        "checkpoint",
+        "head",
+    ]
     assert result.stderr.strip() == "exported 3 entries"
 
     out = tmp_path / "all.jsonl"
     result = runner.invoke(app, ["audit", "export", "--since", "2026-11-01", "--output", str(out)])
     assert result.exit_code == 0, result.output
-    assert len(out.read_text().splitlines()) == 10
+    assert sum('"entry":' in line for line in out.read_text().splitlines()) == 10
     assert f"exported 10 entries to {out}" in result.stderr
-    assert runner.invoke(app, ["audit", "export", "--since", "2026-11-02"]).stdout == ""
+    late = runner.invoke(app, ["audit", "export", "--since", "2026-11-02"]).stdout
+    assert '"entry":' not in late and '"first_seq":11' in late
     db.engine.dispose()
 
 

@@ -389,3 +389,23 @@ def test_an_app_action_can_be_cancelled_in_the_conversation(apps: tuple[Chats, H
     assert (decision["content"], decision["extra"]) == ("Cancelled.", {"cancel": pending["id"]})
     state = chats.client.get(f"/api/actions/{pending['id']}", headers=chats.auth()).json()
     assert state["status"] == "cancelled"
+
+
+def test_typing_yes_in_the_conversation_does_not_run_an_app_action(
+    apps: tuple[Chats, HrApi],
+) -> None:
+    chats, api = apps
+    conversation = chats.create()
+    chats.send(
+        conversation["id"], model="app/hr-assistant", content="Create a new vacancy titled Nurse."
+    )
+    pending = chats.get(conversation["id"])["messages"][-1]["extra"]["app"]["pending_action"]
+    events = chats.send(conversation["id"], model="app/hr-assistant", content="yes, confirm")
+    assert streamed_text(events).startswith("Nothing was run")
+    assert "press Confirm" in streamed_text(events)
+    assert api.requests == []
+    # The answer carries the action again, so the UI shows its Confirm button again.
+    reminder = chats.get(conversation["id"])["messages"][-1]
+    assert reminder["extra"]["app"]["pending_action"]["id"] == pending["id"]
+    chats.send(conversation["id"], model="app/hr-assistant", confirm=pending["id"])
+    assert [r.method for r in api.requests] == ["POST"]

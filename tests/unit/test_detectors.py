@@ -137,8 +137,10 @@ def test_scan_takes_any_iterable_once_and_counts_across_messages() -> None:
     messages = iter(["first DE89370400440532013000", "second GB82WEST12345698765432"])
     assert ALL.scan(messages) == [Finding("iban", 2)]
     assert ALL.scan("a single string DE89370400440532013000") == [Finding("iban", 1)]
-    # A value split over two messages is two fragments, not one value.
+    # A card, IBAN, id or key split over two messages is found (the conversation is one
+    # text); a phone number is not joined, so two short numbers stay two fragments.
     assert ALL.scan(["call 070-123", "45 67"]) == []
+    assert ALL.scan(["card 4111 1111", "1111 1111 please"]) == [Finding("payment_card", 1)]
 
 
 def test_each_builtin_is_a_detector_with_find() -> None:
@@ -167,6 +169,9 @@ def test_each_builtin_is_a_detector_with_find() -> None:
         "NO9386011117947",
         '{"iban": "GB82 WEST 1234 5698 7654 32", "currency": "GBP"}',
         "SE45 5000 0000 0583 9825 7466 SEK",
+        "gb82west12345698765432",  # any case
+        "Gb82 West 1234 5698 7654 32",
+        "SE45-5000-0000-0583-9825-7466",
     ],
 )
 def test_iban_finds_valid_ibans(text: str) -> None:
@@ -182,7 +187,8 @@ def test_iban_finds_valid_ibans(text: str) -> None:
         "DE8937040044053201300",  # one character short for DE
         "XX89370400440532013000",  # no such country
         "SE45 50000000 0583 9825 7466",  # groups that are not of four
-        "gb82west12345698765432",  # IBANs are printed in upper case
+        "gb82west12345698765433",  # lower case counts, but mod 97 still fails
+        "SE45 5000.0000 0583 9825 7466",  # two kinds of separator
     ],
 )
 def test_iban_rejects_invalid_checksums_and_shapes(text: str) -> None:
@@ -228,6 +234,11 @@ def test_iban_check_digits_make_a_valid_iban_and_a_changed_digit_breaks_it(
         "3530111333300000",  # JCB
         "30569309025904",  # Diners Club
         '{"card": "5555 5555 5555 4444"}',
+        "call_1 4111 1111 1111 1111",  # after another number
+        "exp 12/27 4111 1111 1111 1111",
+        "4111111111111111.0",  # a card number as a float
+        "4111.1111.1111.1111",  # separators: one kind, a card's groups
+        "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
     ],
 )
 def test_payment_card_finds_luhn_valid_cards(text: str) -> None:
@@ -246,6 +257,8 @@ def test_payment_card_finds_luhn_valid_cards(text: str) -> None:
         "4111 1111-1111 1111",  # mixed separators
         "411 1111 1111 11111",  # not a card's grouping
         "order 0.4111111111111111",  # the fraction of a decimal
+        "4,111,111,111,111,111",  # an amount's groups of three
+        "4111.1111 1111.1111",  # two kinds of separator
     ],
 )
 def test_payment_card_rejects_invalid_numbers(text: str) -> None:

@@ -1,7 +1,9 @@
 """URL fetching: the SSRF guard refuses what it must, and real fetches stay bounded.
 
-Every server here is a real aiohttp server on 127.0.0.1. Where a test needs a
-*public* host, DNS is faked (``resolve_host``) and the vetted public address is
+Every server here is a real aiohttp server on 127.0.0.1, reached through a
+guard whose ``egress.allow`` lists 127.0.0.1/32 (:func:`loopback_guard`) or
+through the deprecated ``allow_private``. Where a test needs a *public* host,
+DNS is faked (``enclave.egress.resolve_host``) and the vetted public address is
 routed to the local server, so nothing ever leaves the machine.
 """
 
@@ -18,6 +20,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from enclave import egress
+from enclave.egress import EgressGuard, EgressPolicy
 from enclave.knowledge import fetch
 from enclave.knowledge.fetch import FetchError, PinnedResolver, address_refusal, fetch_url
 from enclave.settings import UrlFetchConfig
@@ -32,6 +36,11 @@ def run(coro: Any) -> Any:
 
 def config(**overrides: Any) -> UrlFetchConfig:
     return UrlFetchConfig(**{"timeout_s": 5.0, **overrides})
+
+
+def loopback_guard() -> EgressGuard:
+    """The guard of a server whose config says ``egress: {allow: [127.0.0.1/32]}``."""
+    return EgressGuard(EgressPolicy.from_entries(["127.0.0.1/32"]))
 
 
 @asynccontextmanager
@@ -93,7 +102,7 @@ def loopback_redirect(path: str) -> Handler:
 def public_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     """Fake DNS for ``*.test`` hosts; a vetted PUBLIC_IP is routed to 127.0.0.1."""
     records: dict[str, list[Any]] = {}
-    real_resolve = fetch.resolve_host
+    real_resolve = egress.resolve_host
     real_pinned = PinnedResolver.resolve
 
     async def fake_resolve(host: str, port: int) -> list[Any]:
@@ -108,7 +117,7 @@ def public_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
                 result["host"] = "127.0.0.1"
         return results
 
-    monkeypatch.setattr(fetch, "resolve_host", fake_resolve)
+    monkeypatch.setattr(egress, "resolve_host", fake_resolve)
     monkeypatch.setattr(PinnedResolver, "resolve", routed)
     return records
 
@@ -118,28 +127,33 @@ def public_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     ("url", "reason"),
     [
         ("http://127.0.0.1:8080/x", "127.0.0.1 is a loopback address"),
-        ("http://localhost/", "is a loopback address"),
+        ("http://localhost/", "localhost is a name for this machine"),
+        ("http://LOCALHOST./", "localhost is a name for this machine"),
         ("http://[::1]/", "::1 is a loopback address"),
-        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a cloud metadata address"),
+        ("http://169.254.1.1/", "169.254.1.1 is a link-local address"),
         ("http://10.0.0.1/", "10.0.0.1 is a private address"),
         ("http://192.168.1.1/", "192.168.1.1 is a private address"),
         ("http://0.0.0.0/", "0.0.0.0 is the unspecified address"),
         ("http://[::]/", ":: is the unspecified address"),
         ("http://[::ffff:127.0.0.1]/", "is a loopback address in IPv6 form"),
         ("http://2130706433/", "127.0.0.1 is a loopback address"),  # 127.0.0.1 as one number
+        ("http://0x7f000001/", "127.0.0.1 is a loopback address"),
+        ("http://0177.0.0.1/", "127.0.0.1 is a loopback address"),
+        ("http://127.1/", "127.0.0.1 is a loopback address"),
     ],
 )
 def test_private_destinations_are_refused(url: str, reason: str, tmp_path: Path) -> None:
     message = refusal(url, tmp_path)
     assert message.startswith("refused http://")
     assert reason in message
-    assert message.endswith("(set knowledge.url_fetch.allow_private to allow)")
+    assert "in egress.allow" in message or "exact address" in message
 
 
 def test_refusal_message_names_the_url(tmp_path: Path) -> None:
     assert refusal("http://127.0.0.1:8080/x", tmp_path) == (
         "refused http://127.0.0.1:8080/x: 127.0.0.1 is a loopback address "
-        "(set knowledge.url_fetch.allow_private to allow)"
+        "(an admin can allow it in egress.allow)"
     )
 
 
@@ -189,13 +203,14 @@ def test_a_refused_loopback_server_is_never_contacted(tmp_path: Path) -> None:
     [
         ("93.184.216.34", None),
         ("2606:4700:4700::1111", None),
-        ("100.64.0.1", "not a public address"),  # carrier-grade NAT
+        ("100.64.0.1", "a shared (carrier-grade NAT) address"),
         ("224.0.0.1", "a multicast address"),
         ("fe80::1", "a link-local address"),
         ("fc00::1", "a private address"),
         ("::ffff:10.0.0.1", "a private address in IPv6 form"),
         ("2002:7f00:1::", "a loopback address in IPv6 form"),  # 6to4 wrapping 127.0.0.1
-        ("64:ff9b::a9fe:a9fe", "a link-local address in IPv6 form"),  # NAT64 of 169.254.169.254
+        ("64:ff9b::a9fe:a9fe", "a cloud metadata address in IPv6 form"),  # NAT64 of IMDS
+        ("64:ff9b::a9fe:101", "a link-local address in IPv6 form"),  # NAT64 of 169.254.1.1
     ],
 )
 def test_address_refusal(address: str, expected: str | None) -> None:
@@ -207,7 +222,7 @@ def test_a_host_with_any_private_address_is_refused(
 ) -> None:
     public_dns["mixed.test"] = [PUBLIC_IP, ipaddress.ip_address("10.1.2.3")]
     message = refusal("http://mixed.test/", tmp_path)
-    assert "10.1.2.3 is a private address" in message
+    assert "mixed.test resolves to 10.1.2.3, a private address" in message
 
 
 # ------------------------------------------------------------- real fetches
@@ -217,7 +232,7 @@ def test_fetch_writes_the_body_and_names_the_document(tmp_path: Path) -> None:
     async def scenario() -> tuple[fetch.FetchedUrl, str]:
         async with serve({"/docs/guide.html": text(page, content_type="text/html")}) as base:
             result = await fetch_url(
-                base + "/docs/guide.html", tmp_path, config(allow_private=True)
+                base + "/docs/guide.html", tmp_path, config(), loopback_guard()
             )
             return result, base
 
@@ -241,7 +256,7 @@ def test_connection_goes_to_the_vetted_address_not_a_fresh_lookup(
         async with serve({"/": text("pinned body")}) as base:
             port = base.rsplit(":", 1)[1]
             url = f"http://pinned.test:{port}/"
-            return await fetch_url(url, tmp_path, config(allow_private=True))
+            return await fetch_url(url, tmp_path, config(), loopback_guard())
 
     result = run(scenario())
     assert result.path.read_text() == "pinned body"
@@ -267,7 +282,7 @@ def test_pinned_resolver_knows_only_vetted_hosts() -> None:
 def test_body_over_the_content_length_cap_is_refused(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with serve({"/big": text("x" * 4096)}) as base:
-            await fetch_url(base + "/big", tmp_path, config(allow_private=True, max_bytes=1024))
+            await fetch_url(base + "/big", tmp_path, config(max_bytes=1024), loopback_guard())
 
     with pytest.raises(FetchError, match=r"^too large: more than 1024 bytes$"):
         run(scenario())
@@ -286,7 +301,7 @@ def test_streamed_body_over_the_cap_is_cut_off_and_removed(tmp_path: Path) -> No
 
     async def scenario() -> None:
         async with serve({"/stream": chunked}) as base:
-            await fetch_url(base + "/stream", tmp_path, config(allow_private=True, max_bytes=2048))
+            await fetch_url(base + "/stream", tmp_path, config(max_bytes=2048), loopback_guard())
 
     with pytest.raises(FetchError, match=r"^too large: more than 2048 bytes$"):
         run(scenario())
@@ -300,7 +315,7 @@ def test_slow_server_times_out(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with serve({"/slow": slow}) as base:
-            await fetch_url(base + "/slow", tmp_path, config(allow_private=True, timeout_s=0.5))
+            await fetch_url(base + "/slow", tmp_path, config(timeout_s=0.5), loopback_guard())
 
     started = time.perf_counter()
     with pytest.raises(FetchError, match=r"^timed out after 0.5 s fetching http://127\.0\.0\.1"):
@@ -319,7 +334,7 @@ def test_timeout_mid_body_leaves_no_partial_file(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with serve({"/stall": stalls}) as base:
-            await fetch_url(base + "/stall", tmp_path, config(allow_private=True, timeout_s=0.5))
+            await fetch_url(base + "/stall", tmp_path, config(timeout_s=0.5), loopback_guard())
 
     with pytest.raises(FetchError, match="timed out"):
         run(scenario())
@@ -333,7 +348,7 @@ def test_non_2xx_is_an_error(status: int, tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with serve({"/missing": handler}) as base:
-            await fetch_url(base + "/missing", tmp_path, config(allow_private=True))
+            await fetch_url(base + "/missing", tmp_path, config(), loopback_guard())
 
     with pytest.raises(FetchError, match=rf"^HTTP {status} from http://127\.0\.0\.1:\d+/missing$"):
         run(scenario())
@@ -350,7 +365,7 @@ def test_redirect_chain_is_followed(tmp_path: Path) -> None:
 
     async def scenario() -> tuple[fetch.FetchedUrl, str]:
         async with serve(routes) as base:
-            return await fetch_url(base + "/a", tmp_path, config(allow_private=True)), base
+            return await fetch_url(base + "/a", tmp_path, config(), loopback_guard()), base
 
     result, base = run(scenario())
     assert result.path.read_text() == "arrived"
@@ -364,7 +379,7 @@ def test_too_many_redirects(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with serve(routes) as base:
-            await fetch_url(base + "/a", tmp_path, config(allow_private=True, max_redirects=1))
+            await fetch_url(base + "/a", tmp_path, config(max_redirects=1), loopback_guard())
 
     with pytest.raises(FetchError, match=r"^too many redirects from .* \(more than 1\)$"):
         run(scenario())
@@ -404,7 +419,7 @@ def test_same_redirect_is_followed_when_private_addresses_are_allowed(
         async with serve(routes) as base:
             port = base.rsplit(":", 1)[1]
             url = f"http://public.test:{port}/start"
-            return await fetch_url(url, tmp_path, config(allow_private=True))
+            return await fetch_url(url, tmp_path, config(), loopback_guard())
 
     assert run(scenario()).path.read_text() == "internal page"
 
@@ -436,3 +451,77 @@ def test_public_host_is_fetched_when_private_addresses_are_refused(
     result = run(scenario())
     assert result.path.read_text() == "# Hello"
     assert result.media_type == "text/markdown"
+
+
+# ------------------------------------------------------- the outbound guard
+class Recorded:
+    """An audit log that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def append(self, record: Any) -> None:
+        self.records.append(record)
+
+
+def test_a_name_resolving_to_loopback_is_refused_and_audited(
+    tmp_path: Path, public_dns: dict[str, list[Any]]
+) -> None:
+    public_dns["rebound.test"] = [ipaddress.ip_address("127.0.0.1")]
+    hits: list[str] = []
+    audit = Recorded()
+
+    async def scenario() -> str:
+        async with serve({"/": counting(hits, text("internal"))}) as base:
+            port = base.rsplit(":", 1)[1]
+            with pytest.raises(FetchError) as caught:
+                await fetch_url(
+                    f"http://rebound.test:{port}/",
+                    tmp_path,
+                    config(),
+                    EgressGuard(audit=audit),
+                    caller=egress.Caller(workspace="research"),
+                )
+            return str(caught.value)
+
+    message = run(scenario())
+    assert "rebound.test resolves to 127.0.0.1, a loopback address" in message
+    assert hits == []
+    (record,) = audit.records
+    assert (record.endpoint, record.outcome, record.error_code) == (
+        "egress:knowledge-url",
+        "denied",
+        "egress_denied",
+    )
+    assert (record.workspace, record.location) == ("research", "rebound.test")
+    assert "host rebound.test" in record.reasons
+
+
+def test_egress_allow_by_name_lets_an_internal_host_through(
+    tmp_path: Path, public_dns: dict[str, list[Any]]
+) -> None:
+    public_dns["wiki.internal.test"] = [ipaddress.ip_address("127.0.0.1")]
+    guard = EgressGuard(EgressPolicy.from_entries(["wiki.internal.test"]))
+
+    async def scenario() -> fetch.FetchedUrl:
+        async with serve({"/page": text("internal wiki")}) as base:
+            port = base.rsplit(":", 1)[1]
+            return await fetch_url(
+                f"http://wiki.internal.test:{port}/page", tmp_path, config(), guard
+            )
+
+    assert run(scenario()).path.read_text() == "internal wiki"
+
+
+def test_deprecated_allow_private_still_allows_loopback_but_never_metadata(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> fetch.FetchedUrl:
+        async with serve({"/doc": text("local doc")}) as base:
+            return await fetch_url(base + "/doc", tmp_path, config(allow_private=True))
+
+    assert run(scenario()).path.read_text() == "local doc"
+    message = refusal(
+        "http://169.254.169.254/latest/meta-data/", tmp_path / "refused", allow_private=True
+    )
+    assert "169.254.169.254 is a cloud metadata address" in message

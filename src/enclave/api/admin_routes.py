@@ -16,8 +16,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 
 from enclave.api.deps import Services, require_admin, services
+from enclave.api.runners import routes as runner_routes
+from enclave.input_limits import INT64_MAX
 
 router = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)])
+# /api/admin/runners and /api/admin/deployments (enclave.api.runners), each admin only.
+router.routes.extend(runner_routes.router.routes)
 
 
 @router.get("/workspaces", summary="Workspaces with their classification and active keys")
@@ -40,7 +44,9 @@ async def audit(
     workspace: str | None = None,
     outcome: str | None = None,
     since: datetime | None = Query(None, description="ISO 8601; without a zone: UTC."),
-    before: int | None = Query(None, ge=1, description="Only entries with a smaller seq."),
+    before: int | None = Query(
+        None, ge=1, le=INT64_MAX, description="Only entries with a smaller seq."
+    ),
     limit: int = Query(100, ge=1, le=1000),
     svc: Services = Depends(services),
 ) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from enclave.auth.keys import KeyService
 from enclave.auth.principals import Principal
 from enclave.auth.sessions import CSRF_HEADER, SESSION_COOKIE, SessionService
 from enclave.chat.conversations import ConversationService
+from enclave.egress import EgressGuard
 from enclave.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 from enclave.gateway.audit_reader import AuditReader
 from enclave.gateway.service import Gateway
@@ -62,6 +63,8 @@ class Services:
     apps: AppService | None = None
     app_runner: AppRunner | None = None
     apps_http: httpx.AsyncClient | None = None
+    # The outbound address guard for every URL the server fetches (egress.allow).
+    egress: EgressGuard = field(default_factory=EgressGuard)
 
     def require_knowledge(self) -> KnowledgeService:
         if self.knowledge is None:

@@ -10,6 +10,10 @@ Everywhere else (``/api``, ``/metrics``) they take the platform shape::
 
 Unexpected exceptions become a generic 500; the traceback goes to the log,
 never to the client.
+
+A path that matches no route but would match with its trailing slash added or
+removed is redirected (307). The ``Location`` is built from the configured
+``public_url`` (or is a bare path), never from the request's ``Host`` header.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Match
 
 from enclave.errors import (
     AuthenticationFailed,
@@ -80,7 +86,24 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"Invalid request: {message}.", None
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def slash_redirect(request: Request, public_url: str | None) -> str | None:
+    """Where a request for an unrouted path should go: the same path with its
+    trailing slash toggled, if that matches a route; ``None`` otherwise."""
+    path = request.scope["path"]
+    if path == "/" or "//" in path:
+        return None
+    routes = request.app.router.routes
+    if any(route.matches(request.scope)[0] != Match.NONE for route in routes):
+        return None  # routed, and the route itself said 404
+    other = {**request.scope, "path": path.rstrip("/") if path.endswith("/") else path + "/"}
+    if not any(route.matches(other)[0] != Match.NONE for route in routes):
+        return None
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    location = (public_url or "") + str(request.scope.get("root_path", "")) + other["path"]
+    return f"{location}?{query}" if query else location
+
+
+def install_error_handlers(app: FastAPI, *, public_url: str | None = None) -> None:
     @app.exception_handler(EnclaveError)
     async def _enclave(request: Request, exc: EnclaveError) -> JSONResponse:
         return error_response(exc, request.url.path)
@@ -91,7 +114,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(InvalidRequest(message, param=param), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            location = slash_redirect(request, public_url)
+            if location is not None:
+                return RedirectResponse(location, status_code=307)
         kind = _STATUS_ERRORS.get(exc.status_code, EnclaveError)
         error = kind(str(exc.detail))
         error.status_code = exc.status_code

@@ -6,7 +6,7 @@ import hmac
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -25,7 +25,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: models loaded and database reachable")
+@router.get(
+    "/readyz",
+    summary="Readiness: models loaded and database reachable",
+    responses={503: {"description": "Not ready: the checks say what is not."}},
+)
 async def readyz(request: Request, svc: Services = Depends(services)) -> JSONResponse:
     checks: dict[str, Any] = {}
     try:
@@ -64,7 +68,10 @@ async def require_metrics_reader(request: Request, svc: Services = Depends(servi
 
 
 @router.get(
-    "/metrics", summary="Prometheus metrics", dependencies=[Depends(require_metrics_reader)]
+    "/metrics",
+    summary="Prometheus metrics",
+    dependencies=[Depends(require_metrics_reader)],
+    response_class=PlainTextResponse,
 )
 async def metrics(svc: Services = Depends(services)) -> Response:
     await svc.inference.refresh_gauges()

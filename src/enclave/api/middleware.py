@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: the body size limit and per-route metrics.
+"""Pure ASGI middleware: the body size and JSON depth limits, and per-route metrics.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so streaming responses pass through
 untouched and the per-request cost stays in the microseconds.
@@ -17,13 +17,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclave.api.errors import error_body
 from enclave.errors import PayloadTooLarge
+from enclave.input_limits import json_too_deep
 from enclave.metrics import Metrics
 
 
 class BodyLimitMiddleware:
     """Refuse bodies over ``max_bytes`` with 413, by header or while reading.
 
-    ``larger`` gives some paths (document uploads) a limit of their own.
+    ``larger`` gives some paths (document uploads) a limit of their own. A JSON
+    body (or any body to ``/v1``, which is always read as JSON) that nests
+    deeper than ``max_json_depth`` is refused with 400 once it has arrived,
+    before anything parses it: recursive parsers fail on deep documents.
     """
 
     def __init__(
@@ -31,10 +35,12 @@ class BodyLimitMiddleware:
         app: ASGIApp,
         max_bytes: int,
         larger: Sequence[tuple[re.Pattern[str], int]] = (),
+        max_json_depth: int | None = None,
     ) -> None:
         self.app = app
         self.default_max_bytes = max_bytes
         self.larger = tuple(larger)
+        self.max_json_depth = max_json_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,16 +56,26 @@ class BodyLimitMiddleware:
             await self._refuse(scope, send, limit)
             return
         received = 0
+        depth_limit = self.max_json_depth if _is_json(scope) else None
+        chunks: list[bytes] = []
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > limit:
                     # FastAPI re-raises HTTPException from body reading; the
                     # error translator renders it as PayloadTooLarge.
                     raise HTTPException(413, self._message(limit))
+                if depth_limit is not None:
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                        chunks.clear()
+                        if json_too_deep(body, depth_limit):
+                            raise HTTPException(400, _too_deep(depth_limit))
             return message
 
         await self.app(scope, limited_receive, send)
@@ -119,6 +135,17 @@ class MetricsMiddleware:
             model = str(state.get("model", ""))
             self.metrics.requests.labels(scope["method"], template, model, str(status)).inc()
             self.metrics.latency.labels(template, model).observe(time.perf_counter() - started)
+
+
+def _is_json(scope: Scope) -> bool:
+    if scope["path"].startswith("/v1/"):
+        return True
+    content_type = _header(scope, b"content-type")
+    return content_type is None or "json" in content_type.lower()
+
+
+def _too_deep(limit: int) -> str:
+    return f"The request body nests JSON deeper than {limit} levels (input_limits.max_json_depth)."
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -58,7 +58,19 @@ def set_session_cookie(response: Response, value: str, *, max_age: int, secure: 
     )
 
 
-@router.post("/login", summary="Sign the web UI in with an API key (form post)")
+_LOGIN_PAGE = {"content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+@router.post(
+    "/login",
+    summary="Sign the web UI in with an API key (form post)",
+    responses={
+        303: {"description": "Signed in: on to the page asked for."},
+        400: {"description": "The login page with the problem.", **_LOGIN_PAGE},
+        401: {"description": "The login page: no key, or a key that does not work.", **_LOGIN_PAGE},
+        403: {"description": "The login page: posted from another site.", **_LOGIN_PAGE},
+    },
+)
 async def login(request: Request, svc: Services = Depends(services)) -> Response:
     form = await _form(request)
     api_key = str(form.get("api_key") or "").strip()

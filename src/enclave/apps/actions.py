@@ -2,9 +2,12 @@
 
 An operation whose method is in an API's ``confirm`` list is never run when
 the model chooses it. The runner stores it here instead, and the answer
-carries the action's id. It runs only when the user confirms: a follow-up
-chat message (``"enclave": {"confirm": id}``, or "yes"/"confirm" right after
-the question), or ``POST /api/actions/{id}/confirm``.
+carries the action's id. It runs only when the user confirms explicitly:
+``POST /api/actions/{id}/confirm`` (the web UI's Confirm button goes through
+the conversation API to the same ``enclave.confirm``), or a follow-up chat
+request with ``"enclave": {"confirm": id}``. Free text never confirms: a
+reply such as "yes" or "ok, but..." leaves the action pending and is answered
+with how to confirm it; a reply such as "no" or "cancel" cancels it.
 
 Leaving ``pending`` is a single conditional UPDATE (:meth:`ActionStore.claim`),
 so two confirmations racing each other run the call once. Actions belong to

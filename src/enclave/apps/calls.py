@@ -11,6 +11,11 @@ never lets the API, or the network, take more than it was given:
   override header parameters of the same name: the model never sets
   credentials;
 * redirects are not followed: a 3xx is the result;
+* the server's client sends through the outbound address guard
+  (:class:`enclave.egress.GuardedTransport`): an API on a loopback, private,
+  link-local or metadata address that ``egress.allow`` does not allow is
+  never contacted, and the result's ``error`` says so. ``caller`` names the
+  key, workspace and app in the audit entry of such a refusal;
 * one deadline (``timeout_s``) covers connecting, sending and reading, and
   the body is read as a stream and abandoned past ``max_bytes`` (counted after
   decompression);
@@ -43,6 +48,7 @@ import httpx
 import jsonschema
 
 from enclave.apps.openapi import Operation
+from enclave.egress import CALLER_EXTENSION, Caller, RefusedConnection
 
 ENV_TOKEN = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
 # "<api_result" closes the runner's wrapper; "<|" opens chat-template control tokens
@@ -122,6 +128,7 @@ async def call_operation(
     timeout_s: float,
     max_bytes: int,
     client: httpx.AsyncClient,
+    caller: Caller | None = None,
 ) -> CallResult:
     """Call ``operation`` with ``arguments`` on the API at ``base_url``.
 
@@ -160,6 +167,7 @@ async def call_operation(
             headers=request_headers,
             content=content,
             timeout=httpx.Timeout(timeout_s),
+            extensions={CALLER_EXTENSION: caller} if caller is not None else None,
         )
         async with asyncio.timeout(timeout_s):
             response = await client.send(request, stream=True, follow_redirects=False)
@@ -167,6 +175,9 @@ async def call_operation(
                 await _read(response, result, max_bytes)
             finally:
                 await response.aclose()
+    except RefusedConnection as exc:
+        result.status, result.json, result.text = None, None, ""
+        result.error = _scrub(str(exc.refusal), secrets)
     except (TimeoutError, httpx.TimeoutException):
         result.status, result.json, result.text = None, None, ""
         result.error = f"no complete response within {timeout_s:g} s"

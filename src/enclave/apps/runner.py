@@ -15,7 +15,8 @@ For each user message :meth:`AppRunner.handle`:
 4. **calls** the API with the app's headers (``env:NAME`` resolved on the
    server), a timeout and a size cap, and audits the call. An operation
    whose method is in the API's ``confirm`` list is not called: the answer
-   carries a pending action instead (:mod:`.actions`);
+   carries a pending action instead (:mod:`.actions`), which runs only on an
+   explicit confirmation, never on a free-text reply;
 5. **answers**: the model writes the reply from the results, which are
    quoted as data in the user turn. Without API results and with knowledge
    attached, the answer is grounded (:class:`GroundedChat`) and cites.
@@ -54,6 +55,7 @@ from enclave.apps.calls import CallError, CallResult, call_operation, render_res
 from enclave.apps.openapi import Operation, tidy_arguments
 from enclave.apps.service import AppService, LoadedApp
 from enclave.auth.principals import Principal
+from enclave.egress import Caller
 from enclave.errors import Conflict, InvalidRequest, UpstreamUnavailable
 from enclave.gateway.audit import AuditRecord
 from enclave.gateway.service import Answer, Call, Gateway
@@ -92,7 +94,12 @@ PASSED_FIELDS = (
     "frequency_penalty",
     "user",
 )
-_YES = re.compile(r"^\s*(yes|y|confirm|confirmed|ok|okay|go ahead|do it|proceed)\b", re.I)
+# A free-text reply can cancel a pending action, never confirm it. One that reads as
+# assent gets told how to confirm; the action stays pending.
+_ASSENT = re.compile(
+    r"^\W*(yes|y|yep|yeah|sure|confirm|confirmed|ok|okay|go ahead|do it|proceed|run it)\b",
+    re.I,
+)
 _NO = re.compile(r"^\s*(no|n|cancel|stop|don't|do not|abort)\b", re.I)
 _ACTION_ID = re.compile(ACTION_ID_PATTERN)
 
@@ -239,12 +246,15 @@ class AppRunner:
         call = self._with_floor(call, app)
         options = app_options(call.body)
         messages = call.body.get("messages") or []
-        decided = options.confirm or options.cancel
-        confirming = options.confirm is not None
-        if decided is None:
-            decided, confirming = _reply_to_pending(messages)
-        if decided is not None:
-            return await self._decide_action(call, app, decided, confirming=confirming)
+        if options.confirm is not None:  # the explicit act: the only way in chat to run it
+            return await self._decide_action(call, app, options.confirm, confirming=True)
+        if options.cancel is not None:
+            return await self._decide_action(call, app, options.cancel, confirming=False)
+        replied, cancelling = _reply_to_pending(messages)
+        if replied is not None and cancelling:
+            return await self._decide_action(call, app, replied, confirming=False)
+        if replied is not None:
+            return await self._how_to_confirm(call, app, replied)
         question = last_user_text(messages)
         if not question.strip():
             raise InvalidRequest("An app needs a user message to answer.", param="messages")
@@ -286,10 +296,33 @@ class AppRunner:
     # -- steps ---------------------------------------------------------------
 
     def _with_floor(self, call: Call, app: LoadedApp) -> Call:
-        level = app.manifest.spec.classification
-        if level is None:
-            return call
-        return replace(call, raised=(*call.raised, (level, f"app '{app.name}'")))
+        """The call with the app's class as a raise: the app's own, or the workspace floor
+        when the app's stored class is now below it (floors can change after an apply)."""
+        declared = app.manifest.spec.classification
+        if declared is None:
+            return call  # the workspace floor applies as for any request
+        level = self._app_level(call.principal.workspace, app)
+        reason = f"app '{app.name}'"
+        if level != declared:
+            log.warning(
+                "app %s declares %s, below workspace %s's floor %s; serving it at %s",
+                app.name,
+                declared,
+                call.principal.workspace,
+                level,
+                level,
+            )
+            reason += f" (declares {declared}, below the workspace floor)"
+        return replace(call, raised=(*call.raised, (level, reason)))
+
+    def _app_level(self, workspace: str, app: LoadedApp) -> str:
+        """The higher of the workspace's current floor and the app's declared class."""
+        levels = self.gateway.routing.levels
+        floor = self.gateway.policy(workspace).classification or levels.lowest
+        declared = app.manifest.spec.classification
+        if declared is None or levels.rank[declared] < levels.rank[floor]:
+            return floor
+        return declared
 
     def _max_calls(self, app: LoadedApp) -> int:
         limit = app.manifest.spec.max_tool_calls or self.config.max_tool_calls
@@ -425,6 +458,7 @@ class AppRunner:
                 timeout_s=timeout,
                 max_bytes=self.config.max_response_bytes,
                 client=self.http,
+                caller=Caller(principal.workspace, principal.key_id, app.model_id),
             )
         except CallError as exc:
             record.error = str(exc)
@@ -439,7 +473,7 @@ class AppRunner:
                 workspace=principal.workspace,
                 endpoint="app tool call",
                 requested_model=app.model_id,
-                classification=app.manifest.spec.classification or "",
+                classification=self._app_level(principal.workspace, app),
                 reasons=(f"operation {operation.api} {operation.key}",),
                 provider=operation.api,
                 location=urlsplit(api.url).hostname,
@@ -473,22 +507,47 @@ class AppRunner:
         arguments = json.dumps(record.arguments, ensure_ascii=False)
         text = (
             f"This needs your confirmation: {what} on the {operation.api} API with {arguments}. "
-            f'Reply "confirm" to run it or "cancel" to drop it. (action {action.id})'
+            f"{_how_to_confirm_text(action.id)} (action {action.id})"
         )
         fields = _app_fields(app, done, _pending_dict(action, operation))
         headers = await self.gateway.answer_without_model(call, "pending")
         return _fixed(call, app, text, fields, headers)
 
-    async def _decide_action(
-        self, call: Call, app: LoadedApp, action_id: str, *, confirming: bool
-    ) -> Answer:
-        """Confirm or cancel a pending action of this app from within the conversation."""
-        principal = call.principal
-        pending = self.actions.get(principal.workspace_id, action_id)
-        if pending.app_name != app.name:
+    def _own_action(self, call: Call, app: LoadedApp, action_id: str) -> Action:
+        """The action as stored in the caller's workspace (404), if it is this app's (400)."""
+        action = self.actions.get(call.principal.workspace_id, action_id)
+        if action.app_name != app.name:
             raise InvalidRequest(
                 f"Action '{action_id}' belongs to another app.", param="enclave", code="wrong_app"
             )
+        return action
+
+    async def _how_to_confirm(self, call: Call, app: LoadedApp, action_id: str) -> Answer:
+        """Answer a free-text "yes": nothing runs, the action stays pending, and the
+        user is told the explicit ways to confirm it."""
+        action = self._own_action(call, app, action_id)
+        headers = await self.gateway.answer_without_model(call, "pending")
+        if action.status != "pending":
+            text = (
+                f"Action {action.id} ({action.operation} on the {action.api} API) is "
+                f"{action.status}; nothing was run."
+            )
+            return _fixed(call, app, text, _app_fields(app, [], None), headers)
+        text = (
+            f"Nothing was run: a chat reply cannot confirm an action. {action.operation} on "
+            f"the {action.api} API is still waiting. {_how_to_confirm_text(action.id)} "
+            f"(action {action.id})"
+        )
+        pending = _pending_dict(action, app.find(action.api, action.operation))
+        return _fixed(call, app, text, _app_fields(app, [], pending), headers)
+
+    async def _decide_action(
+        self, call: Call, app: LoadedApp, action_id: str, *, confirming: bool
+    ) -> Answer:
+        """Confirm (only ever on ``enclave.confirm``) or cancel a pending action of this
+        app from within the conversation."""
+        principal = call.principal
+        pending = self._own_action(call, app, action_id)
         if not confirming:
             action = self.actions.claim(principal.workspace_id, action_id, "cancelled")
             headers = await self.gateway.answer_without_model(call, "cancelled")
@@ -599,7 +658,12 @@ def _payload(answer: Answer) -> dict[str, Any]:
 
 
 def _reply_to_pending(messages: Sequence[Any]) -> tuple[str | None, bool]:
-    """A "yes"/"cancel" right after a pending action's question: (action id, confirming)."""
+    """A free-text reply right after a pending action's question: (action id, cancelling).
+
+    A reply that reads as a refusal cancels. One that reads as assent returns
+    ``cancelling=False``, which never runs anything: the runner answers how to
+    confirm explicitly. Any other reply is an ordinary message: (None, False).
+    """
     turns = conversation(messages)
     if len(turns) < 2 or turns[-1]["role"] != "user" or turns[-2]["role"] != "assistant":
         return None, False
@@ -607,19 +671,27 @@ def _reply_to_pending(messages: Sequence[Any]) -> tuple[str | None, bool]:
     if not asked:
         return None, False
     reply = turns[-1]["content"]
-    if _YES.match(reply):
-        return asked[-1], True
     if _NO.match(reply):
+        return asked[-1], True
+    if _ASSENT.match(reply):
         return asked[-1], False
     return None, False
 
 
-def _pending_dict(action: Action, operation: Operation) -> dict[str, Any]:
+def _how_to_confirm_text(action_id: str) -> str:
+    return (
+        f"To run it, press Confirm, POST /api/actions/{action_id}/confirm, or send "
+        f'"enclave": {{"confirm": "{action_id}"}} with the next request. '
+        'Reply "cancel" to drop it.'
+    )
+
+
+def _pending_dict(action: Action, operation: Operation | None) -> dict[str, Any]:
     return {
         "id": action.id,
         "api": action.api,
-        "operation": operation.key,
-        "operation_id": operation.operation_id,
+        "operation": operation.key if operation else action.operation,
+        "operation_id": operation.operation_id if operation else None,
         "arguments": action.arguments,
         "expires_at": action.expires_at.isoformat(),
         "confirm_url": f"/api/actions/{action.id}/confirm",

@@ -10,8 +10,11 @@ A draft is an unlisted copy of an app that ``enclave test`` runs against
 fixtures; it is served as ``app/<name>@<draft id>`` and expires.
 
 Checks that need the server happen here: the model must exist, the class
-must be known, knowledge bases must exist in the workspace, and headers may
-only reference the environment variables ``apps.secret_env`` allows.
+must be known and may not be below the workspace's floor, knowledge bases
+must exist in the workspace, and headers may only reference the environment
+variables ``apps.secret_env`` allows. A rollback to a version whose class is
+now below the floor is refused the same way; the runner checks the floor
+again on every request, because the configured floor can change.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import re
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -39,12 +43,13 @@ from enclave.apps.manifest import (
 )
 from enclave.apps.openapi import Operation, load_operations
 from enclave.apps.spec import ApiSpec, AppManifest
+from enclave.egress import EgressPolicy, url_refusal
 from enclave.errors import InvalidRequest, ModelNotFound, NotFound
 from enclave.gateway.classification import Levels
 from enclave.gateway.routing import RoutingTable
 from enclave.knowledge.service import KnowledgeService, utc_now
 from enclave.settings import AppsConfig
-from enclave.storage.models import AppDraftRow, AppRow, AppVersionRow
+from enclave.storage.models import AppDraftRow, AppRow, AppVersionRow, WorkspaceRow
 
 APP_MODEL_PREFIX = "app/"
 _MODEL_ID = re.compile(r"^app/([a-z0-9][a-z0-9-]{0,62})(?:@(drf_[a-z0-9]+))?$")
@@ -147,12 +152,17 @@ class AppService:
         levels: Levels,
         routing: RoutingTable,
         knowledge: KnowledgeService | None,
+        floor: Callable[[str], str] | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.sessions = sessions
         self.config = config
         self.levels = levels
         self.routing = routing
         self.knowledge = knowledge
+        self.egress = egress or EgressPolicy()  # apis[].url must pass (egress.allow)
+        # Workspace name -> its configured floor (workspaces[].classification).
+        self._floor = floor or (lambda workspace: levels.lowest)
         # (workspace id, name, ref) -> LoadedApp; versions never change, so no invalidation.
         self._loaded: OrderedDict[tuple[int, str, str], LoadedApp] = OrderedDict()
 
@@ -173,6 +183,7 @@ class AppService:
                 f"(known: {', '.join(self.levels.names)}).",
                 param="spec.classification",
             )
+        self.check_floor(workspace_id, spec.classification)
         try:
             self.routing.candidates(spec.model, "chat")
         except (ModelNotFound, InvalidRequest):
@@ -197,6 +208,10 @@ class AppService:
                 )
         allowed = set(self.config.secret_env)
         for index, api in enumerate(spec.apis):
+            if (refusal := url_refusal(self.egress, api.url)) is not None:
+                raise InvalidRequest(
+                    f"spec.apis[{index}].url: {refusal}.", param=f"spec.apis[{index}].url"
+                )
             refused = sorted(referenced_env(api.headers) - allowed)
             if refused:
                 raise InvalidRequest(
@@ -208,6 +223,34 @@ class AppService:
         if avatar is not None:
             self._avatar_bytes(avatar)
         return manifest
+
+    def workspace_floor(self, workspace_id: int) -> tuple[str, str]:
+        """(workspace name, its configured floor) for a workspace id."""
+        with self.sessions() as session:
+            row = session.get(WorkspaceRow, workspace_id)
+            if row is None:
+                raise NotFound(f"There is no workspace with id {workspace_id}.")
+            name = row.name
+        return name, self._floor(name)
+
+    def check_floor(self, workspace_id: int, level: str | None, *, what: str = "") -> None:
+        """Refuse (400) an app class below the workspace's floor: an app only raises it.
+
+        ``level`` None means the app declares no class and takes the floor.
+        """
+        if level is None:
+            return
+        workspace, floor = self.workspace_floor(workspace_id)
+        if self.levels.rank[level] >= self.levels.rank[floor]:
+            return
+        raise InvalidRequest(
+            f"spec.classification: '{level}'{what} is below the floor of workspace "
+            f"'{workspace}' ({floor}); an app can raise its workspace's class, never lower "
+            f"it. Set spec.classification to {floor} or higher, or leave it out to use "
+            "the floor.",
+            param="spec.classification",
+            code="below_workspace_floor",
+        )
 
     def _avatar_bytes(self, avatar: str) -> tuple[bytes, str]:
         match = DATA_URI.match(avatar)
@@ -390,6 +433,10 @@ class AppService:
                     f"App '{name}' has no version {to} (enclave apps history {name}).",
                     param="to",
                 )
+            target_spec = json.loads(target.spec_json).get("spec") or {}
+            self.check_floor(
+                workspace_id, target_spec.get("classification"), what=f" (version {to})"
+            )
             current = self._version_row(session, row.id, row.current_version)
             if current is not None and current.spec_json == target.spec_json:
                 return {"name": name, "version": row.current_version, "from": to, "changed": False}

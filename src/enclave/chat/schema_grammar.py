@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from llama_cpp.llama_grammar import SchemaConverter
+from llama_cpp.llama_grammar import BuiltinRule, SchemaConverter
 
 from enclave.errors import InvalidRequest
 
@@ -188,8 +188,23 @@ def _is_integral(value: Any) -> bool:
     )
 
 
+# A character inside a JSON string. llama-cpp-python's own rule admits raw control
+# characters (a newline inside a string), which JSON does not: the output then fails
+# to parse although the grammar accepted it.
+JSON_STRING_CHAR = BuiltinRule(
+    r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" '
+    r"[0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])",
+    [],
+)
+
+
 class _BoundedConverter(SchemaConverter):
-    """llama-cpp-python's converter, plus exact numeric bounds."""
+    """llama-cpp-python's converter, plus exact numeric bounds and JSON-safe strings."""
+
+    def _add_primitive(self, name: str, rule: BuiltinRule) -> str:
+        if name == "char":
+            rule = JSON_STRING_CHAR
+        return str(super()._add_primitive(name, rule))
 
     def visit(self, schema: dict[str, Any], name: str) -> str:
         kind = schema.get("type")

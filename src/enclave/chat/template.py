@@ -51,7 +51,7 @@ def tool_instructions(tools: Sequence[ToolSpec]) -> str:
 def render_tool_call_text(name: str, arguments: str) -> str:
     try:
         parsed: Any = json.loads(arguments or "{}")
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # too deep to parse: shown as sent
         parsed = arguments
     call = json.dumps({"name": name, "arguments": parsed}, ensure_ascii=False)
     return f"{TOOL_CALL_OPEN}{call}{TOOL_CALL_CLOSE}"

@@ -5,7 +5,20 @@ from __future__ import annotations
 import typer
 
 from enclave import __version__
-from enclave.cli import app_tests, apps, audit, config, keys, knowledge, providers, serve, usage
+from enclave.cli import (
+    app_tests,
+    apps,
+    audit,
+    config,
+    deployments,
+    keys,
+    knowledge,
+    providers,
+    runner,
+    runners,
+    serve,
+    usage,
+)
 
 app = typer.Typer(
     name="enclave",
@@ -20,12 +33,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("serve")(serve.serve)
+app.command("runner")(runner.runner)
 app.add_typer(keys.app, name="keys")
 app.add_typer(config.app, name="config")
 app.add_typer(providers.app, name="providers")
 app.add_typer(audit.app, name="audit")
 app.add_typer(usage.app, name="usage")
 app.add_typer(knowledge.app, name="knowledge")
+app.add_typer(runners.app, name="runners")
+app.add_typer(deployments.app, name="deployments")
 app.command("apply")(apps.apply_command)
 app.add_typer(apps.app, name="apps")
 app.command("test")(app_tests.test_command)

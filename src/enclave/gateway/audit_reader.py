@@ -2,9 +2,11 @@
 
 The writer (:class:`~enclave.gateway.audit.AuditLog`) and the checker
 (:func:`~enclave.gateway.audit.verify_chain`) live in ``audit.py``; this is
-the admin API's view. Entries are read from the hashed ``payload``, the one
-copy that verification vouches for, and filtered on the indexed columns that
-are copied out of it. Pages go newest first and are cut by ``seq``
+the admin API's view. Verification uses the log's own head file, checkpoint
+file and trusted public keys, so it checks the signatures too. Entries are
+read from the hashed ``payload``, the one copy that verification vouches
+for, and filtered on the indexed columns that are copied out of it. Pages go
+newest first and are cut by ``seq``
 (``before``), which is stable while new entries arrive, unlike an offset.
 Prompt and response text (kept only for workspaces that opt in) stays out of
 listings; ``enclave audit export`` has it.
@@ -21,7 +23,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from enclave.gateway.audit import AuditLog, VerifyResult, verify_chain
+from enclave.gateway.audit import AuditLog, VerifyResult
 from enclave.storage.models import AuditEntryRow
 
 LISTED_FIELDS = (
@@ -89,13 +91,13 @@ class AuditReader:
         return AuditPage(entries, rows[-1][0] if more and rows else None)
 
     def verify(self, flush_timeout: float = 10.0) -> VerifyResult:
-        """Write out the entries still queued, then check the whole chain and the head file."""
+        """Write out the entries still queued, then check the chain, the head and checkpoints."""
         late: tuple[str, ...] = ()
         try:
             self._log.flush(flush_timeout)
         except TimeoutError:
             late = ("entries were still being written; the newest are not checked yet",)
-        result = verify_chain(self._sessions, self._head_file)
+        result = self._log.verify()
         return replace(result, notes=result.notes + late) if late else result
 
 

@@ -111,10 +111,11 @@ class Classifier:
 
         if header is not None:
             consider(levels.parse(header), "header X-Enclave-Classification")
-        for level, reason in raised:
-            consider(level, reason)
-        for level, source in knowledge:
-            consider(level, f"knowledge {source}")
+        # Distinct loop names: rebinding ``level`` here once reset the running maximum.
+        for raised_level, reason in raised:
+            consider(levels.parse(raised_level, where=f" raised by {reason}"), reason)
+        for source_level, source in knowledge:
+            consider(levels.parse(source_level, where=f" of {source}"), f"knowledge {source}")
         findings = tuple(self.detectors.scan(texts))
         for finding in findings:
             consider(

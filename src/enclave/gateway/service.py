@@ -10,8 +10,17 @@ For every call to a token-spending endpoint, :meth:`Gateway.handle`:
    accepted once its first byte is in hand, so a provider that dies before
    that falls over to the next eligible one and the client never notices;
 5. passes the answer through (an upstream's bytes unchanged, streams chunk by
-   chunk) and, when it ends, settles the limits, records usage and appends
-   the audit entry. Usage and audit writes are batched off the request path.
+   chunk) and, when it ends, settles the limits and commits the audit entry
+   with the usage.
+
+Nothing answered unlogged (see :mod:`enclave.gateway.audit`): before step 4
+sends anything, an intent is committed, so a crash leaves an ``interrupted``
+entry; the entry and usage are committed before the client gets the end of
+the answer: the last byte of a body, or a stream's ``[DONE]`` (with the usage
+chunk before it) or final error event. If the database cannot commit, the
+request fails closed: 503 ``audit_unavailable``, or for a stream whose
+content has gone out, an error event in place of ``[DONE]``, so no client
+takes the answer as complete.
 
 A stream whose provider dies mid-way ends with an SSE error event, never a
 silent truncation.
@@ -19,10 +28,12 @@ silent truncation.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,10 +48,12 @@ from enclave.errors import (
     PolicyDenied,
     QueueFull,
     RateLimited,
+    ServiceUnavailable,
     UpstreamUnavailable,
 )
 from enclave.gateway.audit import AuditLog, AuditRecord
 from enclave.gateway.classification import Classifier, Decision
+from enclave.gateway.forwarding import Outbound
 from enclave.gateway.limits import Limiter, LimitRule, Reservation, Subject
 from enclave.gateway.routing import RoutingTable, Target
 from enclave.gateway.usage import UsageLedger, UsageRecord
@@ -48,11 +61,14 @@ from enclave.inference import Generation, InferenceService
 from enclave.metrics import Metrics
 from enclave.providers.openai_upstream import OpenAIUpstream, UpstreamReply
 from enclave.settings import LimitsConfig, Settings, WorkspaceConfig
+from enclave.storage.batch_writer import CommitFailed
 
 log = logging.getLogger(__name__)
 
 Wire = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# The start of the events that end a stream: held back until the audit entry commits.
+STREAM_ENDS = (b"data: [DONE]", b'data: {"error"')
 ENDPOINT_PATHS = {
     "chat": "/chat/completions",
     "completion": "/completions",
@@ -127,7 +143,9 @@ class Answer:
 
 
 def request_texts(body: dict[str, Any]) -> Iterator[str]:
-    """Every piece of text a request carries: messages, tool calls and results, prompts."""
+    """The conversation a request carries, for the audit log's ``prompt_text``:
+    message text, tool-call arguments and prompts (the detectors read more:
+    every forwarded string, see :mod:`enclave.gateway.forwarding`)."""
     for message in body.get("messages") or ():
         if not isinstance(message, dict):
             continue
@@ -142,16 +160,22 @@ def request_texts(body: dict[str, Any]) -> Iterator[str]:
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 yield function["arguments"]
-    for tool in body.get("tools") or ():
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if isinstance(function, dict) and isinstance(function.get("description"), str):
-            yield function["description"]
     for key in ("prompt", "input"):
         value = body.get(key)
         if isinstance(value, str):
             yield value
         elif isinstance(value, list):
             yield from (item for item in value if isinstance(item, str))
+
+
+AUDIT_UNAVAILABLE = "audit_unavailable"
+
+
+def _audit_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "The audit log cannot be written, so the request was not answered. Try again later.",
+        code=AUDIT_UNAVAILABLE,
+    )
 
 
 def _rule(config: LimitsConfig) -> LimitRule:
@@ -168,15 +192,17 @@ class _Ledger:
 
     __slots__ = (
         "call",
+        "closed",
         "completion_tokens",
         "decision",
         "gateway",
+        "intent",
+        "outbound",
         "policy",
         "prompt_tokens",
         "reservation",
         "response_text",
         "target",
-        "texts",
         "upstream_seconds",
     )
 
@@ -184,7 +210,7 @@ class _Ledger:
         self.gateway = gateway
         self.call = call
         self.policy = policy
-        self.texts = list(request_texts(call.body))  # scanned, estimated, maybe audited
+        self.outbound: Outbound | None = None  # set by classification: what may leave
         self.decision: Decision | None = None
         self.reservation: Reservation | None = None
         self.target: Target | None = None
@@ -192,6 +218,8 @@ class _Ledger:
         self.completion_tokens = 0
         self.upstream_seconds = 0.0
         self.response_text: str | None = None
+        self.intent: str | None = None  # the committed intent this call's entry completes
+        self.closed = False
 
     def overhead_ms(self) -> float:
         elapsed = time.perf_counter() - self.call.received
@@ -218,10 +246,62 @@ class _Ledger:
             "x-enclave-overhead-ms": f"{self.overhead_ms():.3f}",
         }
 
-    async def close(self, outcome: str, status: int, error: EnclaveError | None = None) -> None:
-        """Settle limits, record usage and append the audit entry. Never raises."""
-        gateway = self.gateway
+    def record(
+        self,
+        outcome: str,
+        status: int,
+        error_code: str | None,
+        target: Target | None,
+        now: datetime,
+    ) -> AuditRecord:
+        """The audit entry for this call as it stands."""
         call = self.call
+        principal = call.principal
+        decision = self.decision
+        keep_text = self.policy.log_content
+        return AuditRecord(
+            time=now,
+            key_id=principal.key_id,
+            workspace=principal.workspace,
+            endpoint=call.endpoint,
+            requested_model=str(call.body.get("model", "")),
+            classification=decision.level if decision else "",
+            reasons=decision.reasons if decision else (),
+            provider=target.provider if target else None,
+            location=target.location if target else None,
+            outcome=outcome,
+            status=status,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_ms=round((time.perf_counter() - call.received) * 1000, 3),
+            error_code=error_code,
+            findings=tuple((f.type, f.count) for f in decision.findings) if decision else (),
+            prompt_text="\n".join(request_texts(call.body)) if keep_text else None,
+            response_text=self.response_text if keep_text else None,
+            intent=self.intent,
+        )
+
+    async def intend(self, target: Target) -> None:
+        """Commit the intent (before anything is sent to ``target``); 503 if it cannot be."""
+        record = self.record("interrupted", 0, None, target, datetime.now(UTC))
+        try:
+            self.intent = await self.gateway.audit.intend(record)
+        except CommitFailed:
+            log.error("the audit log cannot commit: refusing the request")
+            raise _audit_unavailable() from None
+
+    async def close(self, outcome: str, status: int, error: EnclaveError | None = None) -> None:
+        """Settle limits and commit the audit entry with the usage, once per call.
+
+        Returns when both are committed. Raises ServiceUnavailable
+        (``audit_unavailable``) when they cannot be: the caller must not
+        deliver the end of the answer.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        gateway = self.gateway
+        principal = self.call.principal
         tokens = self.prompt_tokens + self.completion_tokens
         try:
             if self.reservation is not None:
@@ -229,46 +309,34 @@ class _Ledger:
         except Exception:
             log.exception("settling limits failed")
         now = datetime.now(UTC)
-        principal = call.principal
+        usage = None
         if self.target is not None and (tokens or outcome == "ok"):
-            gateway.usage.record(
-                UsageRecord(
-                    time=now,
-                    key_id=principal.key_id,
-                    workspace=principal.workspace,
-                    provider=self.target.provider,
-                    model=self.target.model,
-                    prompt_tokens=self.prompt_tokens,
-                    completion_tokens=self.completion_tokens,
-                )
-            )
-        decision = self.decision
-        keep_text = self.policy.log_content
-        gateway.audit.append(
-            AuditRecord(
+            usage = UsageRecord(
                 time=now,
                 key_id=principal.key_id,
                 workspace=principal.workspace,
-                endpoint=call.endpoint,
-                requested_model=str(call.body.get("model", "")),
-                classification=decision.level if decision else "",
-                reasons=decision.reasons if decision else (),
-                provider=self.target.provider if self.target else None,
-                location=self.target.location if self.target else None,
-                outcome=outcome,
-                status=status,
+                provider=self.target.provider,
+                model=self.target.model,
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=self.completion_tokens,
-                latency_ms=round((time.perf_counter() - call.received) * 1000, 3),
-                error_code=error.code if error else None,
-                findings=tuple((f.type, f.count) for f in decision.findings) if decision else (),
-                prompt_text="\n".join(self.texts) if keep_text else None,
-                response_text=self.response_text if keep_text else None,
             )
-        )
+        record = self.record(outcome, status, error.code if error else None, self.target, now)
         gateway.metrics.gateway_requests.labels(
             self.target.provider if self.target else "none", outcome
         ).inc()
+        # Stored instead if this commit fails and a retry succeeds: the client was refused
+        # (503), or its stream ended with an error event.
+        fallback = replace(
+            record,
+            outcome="error",
+            status=200 if self.call.streaming and status == 200 else 503,
+            error_code=AUDIT_UNAVAILABLE,
+        )
+        try:
+            await gateway.audit.commit(record, usage, fallback=fallback)
+        except CommitFailed:
+            log.error("the audit log cannot commit: the answer is withheld")
+            raise _audit_unavailable() from None
 
 
 class Gateway:
@@ -346,6 +414,9 @@ class Gateway:
             )
             await ledger.close(outcome, error.status_code, error)
             raise
+        except asyncio.CancelledError:  # the client went away: not a server error
+            await ledger.close("cancelled", 499)
+            raise
         except BaseException:
             await ledger.close("error", 500)
             raise
@@ -362,11 +433,13 @@ class Gateway:
         return {**ledger.partial_headers(), "x-enclave-model": "none"}
 
     def _classify(self, call: Call, ledger: _Ledger, policy: WorkspaceConfig) -> Decision:
+        """Build what may be forwarded, then classify exactly that."""
+        outbound = ledger.outbound = Outbound(call.capability, call.body)
         return self.classifier.classify(
             workspace=call.principal.workspace,
             floor=policy.classification or self.routing.levels.lowest,
             header=call.classification_header,
-            texts=ledger.texts,
+            texts=outbound.strings,
             knowledge=call.knowledge,
             raised=call.raised,
         )
@@ -382,8 +455,9 @@ class Gateway:
             raise self._denied(requested, decision, plan.excluded)
         subjects = self.subjects(call.principal)
         if subjects:
+            assert ledger.outbound is not None
             ledger.reservation = await self.limiter.admit(
-                subjects, self._estimate(call, ledger.texts)
+                subjects, self._estimate(call, ledger.outbound.strings)
             )
         failures: list[str] = []
         errors: list[EnclaveError] = []
@@ -392,6 +466,8 @@ class Gateway:
             if breaker.is_down():
                 failures.append(f"{target.qualified}: down (circuit open)")
                 continue
+            if ledger.intent is None:
+                await ledger.intend(target)
             breaker.attempt()
             ledger.target = target
             try:
@@ -442,8 +518,9 @@ class Gateway:
     async def _upstream(
         self, call: Call, ledger: _Ledger, provider: OpenAIUpstream, target: Target
     ) -> Answer:
-        body = dict(call.body)
-        body.pop("enclave", None)  # Enclave's own options never go upstream
+        assert ledger.outbound is not None
+        # Only what was scanned leaves: the allowlisted fields (never ``enclave``).
+        body = dict(ledger.outbound.body)
         body["model"] = provider.upstream_model(target.model)
         wants_usage = False
         if call.streaming:
@@ -568,14 +645,29 @@ async def _local_stream(
     ledger: _Ledger, events: AsyncIterator[bytes], generations: list[Generation]
 ) -> AsyncIterator[bytes]:
     outcome, status = "cancelled", 499
+    closing = False
+    end = b""  # [DONE] or the error event: sent once the entry is committed
     try:
         async for event in events:
-            yield event
+            if event.startswith(STREAM_ENDS) or end:
+                end += event
+            else:
+                yield event
         finished = all(generation.usage is not None for generation in generations)
         outcome, status = ("ok", 200) if finished else ("error", 200)
-    finally:
+        closing = True
         _count(ledger, generations)
-        await ledger.close(outcome, status)
+        try:
+            await ledger.close(outcome, status)
+        except ServiceUnavailable as failure:
+            end = responses.sse_error(failure)
+        if end:
+            yield end
+    finally:
+        if not closing:
+            _count(ledger, generations)
+            with contextlib.suppress(ServiceUnavailable):  # nobody is left to tell
+                await ledger.close(outcome, status)
 
 
 class _StreamRelay:
@@ -604,6 +696,8 @@ class _StreamRelay:
         self.pending = b""
         self.done = False
         self.deltas = 0
+        # The usage chunk, [DONE] and anything after: sent once the entry is committed.
+        self.held = b""
 
     def _filter(self, data: bytes) -> bytes:
         """Return the complete events in ``data``; an incomplete trailing one waits."""
@@ -614,21 +708,32 @@ class _StreamRelay:
             self.pending = data
             return b""
         complete, self.pending = data[:cut], data[cut:]
+        if self.done:
+            self.held += complete
+            return b""
         if b'"usage"' not in complete:  # the common case: forward as is
             self.deltas += complete.count(b"data: {")
-            self.done = self.done or b"data: [DONE]" in complete
-            return complete
+            at = complete.find(b"data: [DONE]")
+            if at < 0:
+                return complete
+            self.done = True
+            self.held += complete[at:]
+            return complete[:at]
         kept = []
         for event in complete.split(b"\n\n")[:-1]:
-            if event.startswith(b"data: [DONE]"):
+            event += b"\n\n"
+            if self.done or event.startswith(b"data: [DONE]"):
                 self.done = True
-            elif b'"usage"' in event and event.startswith(b"data: "):
-                drop = self._read_usage(event[6:])
-                if drop and not self.wants_usage:
+                self.held += event
+                continue
+            if b'"usage"' in event and event.startswith(b"data: "):
+                if self._read_usage(event[6:-2]):  # a usage-only chunk, the last one
+                    if self.wants_usage:
+                        self.held += event
                     continue
             else:
                 self.deltas += 1
-            kept.append(event + b"\n\n")
+            kept.append(event)
         return b"".join(kept)
 
     def _read_usage(self, payload: bytes) -> bool:
@@ -645,6 +750,7 @@ class _StreamRelay:
 
     async def run(self) -> AsyncIterator[bytes]:
         outcome, status, error = "cancelled", 499, None
+        closing = False
         try:
             out = self._filter(self.first)
             if out:
@@ -668,11 +774,26 @@ class _StreamRelay:
             if error is not None:
                 outcome, status = "error", 200
                 self.ledger.gateway.routing.breakers[self.provider].failure()
-                yield responses.sse_error(error)
+                end = responses.sse_error(error)
             else:
                 outcome, status = "ok", 200
+                end = self.held
+            closing = True
+            self.reply.close()
+            self._count_deltas()
+            try:
+                await self.ledger.close(outcome, status, error)
+            except ServiceUnavailable as failure:
+                end = responses.sse_error(failure)  # in place of [DONE]
+            if end:
+                yield end
         finally:
             self.reply.close()
-            if not self.ledger.completion_tokens and self.deltas:
-                self.ledger.completion_tokens = self.deltas
-            await self.ledger.close(outcome, status, error)
+            if not closing:
+                self._count_deltas()
+                with contextlib.suppress(ServiceUnavailable):  # nobody is left to tell
+                    await self.ledger.close(outcome, status, error)
+
+    def _count_deltas(self) -> None:
+        if not self.ledger.completion_tokens and self.deltas:
+            self.ledger.completion_tokens = self.deltas

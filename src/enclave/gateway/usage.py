@@ -1,8 +1,12 @@
-"""The usage ledger: tokens spent per request, written off the request path, reported by day.
+"""The usage ledger: tokens spent per request, reported by day.
 
-``UsageLedger.record`` queues one ``UsageRecord`` per request and returns at
-once; a background thread (``storage.batch_writer``) inserts the queue in
-batches. Each row stores its UTC ``day`` next to its time, so ``report``
+A gateway request's usage is committed with its audit entry, in the audit
+log's transaction (``AuditLog.commit``, see ``gateway/audit.py``), before the
+client sees the end of the answer: a budget cannot be beaten by crashing the
+server after the answer went out. ``insert_usage`` is what both writers run.
+``UsageLedger.record`` queues one ``UsageRecord`` for other callers and
+returns at once; a background thread (``storage.batch_writer``) inserts the
+queue in batches. Each row stores its UTC ``day`` next to its time, so ``report``
 groups with a plain ``GROUP BY day`` that means the same on SQLite and
 Postgres, with no dialect-specific date functions and no local time zones.
 
@@ -110,6 +114,12 @@ def _fold(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(folded.values())
 
 
+def insert_usage(session: Session, records: list[UsageRecord]) -> None:
+    """Insert ``records`` (summed per day, key and model) in ``session``; the caller commits."""
+    if records:
+        session.execute(insert(USAGE_TABLE), _fold([_row(record) for record in records]))
+
+
 class UsageLedger:
     """Records tokens per request in batches and reports them by day."""
 
@@ -143,7 +153,7 @@ class UsageLedger:
 
     def _write_batch(self, batch: list[UsageRecord]) -> None:
         with self._sessions() as session:
-            session.execute(insert(USAGE_TABLE), _fold([_row(record) for record in batch]))
+            insert_usage(session, batch)
             session.commit()
 
     def report(

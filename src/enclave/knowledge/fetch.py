@@ -1,4 +1,4 @@
-"""Download one URL into a file, behind a guard against server-side request forgery.
+"""Download one URL into a file, behind the outbound address guard (:mod:`enclave.egress`).
 
 A user who may add URLs to a knowledge base must not be able to make the server
 read its own loopback services, the cloud metadata endpoint or the private
@@ -6,13 +6,15 @@ network. So before every request, the first and each redirect hop:
 
 1. the scheme must be http or https (and allowed by ``knowledge.url_fetch``),
    and the URL may carry no credentials;
-2. the host is resolved, and *every* address it resolves to must be public:
-   not loopback, private, link-local, multicast, reserved or unspecified,
-   including those addresses wrapped in IPv6 forms (``::ffff:127.0.0.1``,
-   6to4, Teredo, NAT64), unless ``allow_private`` is set;
+2. the :class:`~enclave.egress.EgressGuard` checks the host: a literal address
+   in any spelling, or every address the name resolves to, must be public or
+   allowed by ``egress.allow`` (the deprecated ``allow_private`` still lets
+   every non-public address but the metadata ones through); a refusal is
+   audited as ``egress:knowledge-url``;
 3. the connection goes to exactly the addresses that were checked: aiohttp
-   resolves through :class:`PinnedResolver`, which only knows vetted answers,
-   so a DNS server cannot answer differently the second time (DNS rebinding).
+   resolves through :class:`~enclave.egress.PinnedResolver`, which only knows
+   vetted answers, so a DNS server cannot answer differently the second time
+   (DNS rebinding).
 
 Redirects are followed by hand for that reason. The whole fetch has one
 deadline, the body is streamed to disk and cut off past ``max_bytes``, and a
@@ -24,28 +26,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from enclave.egress import (
+    Caller,
+    EgressGuard,
+    EgressRefused,
+    PinnedResolver,
+    address_refusal,
+    shown_url,
+)
 from enclave.errors import InvalidRequest
 from enclave.knowledge.extract import short_reason
 from enclave.settings import UrlFetchConfig
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+__all__ = ["FetchError", "FetchedUrl", "PinnedResolver", "address_refusal", "fetch_url"]
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
 MAX_NAME_CHARS = 255
-ALLOW_HINT = "set knowledge.url_fetch.allow_private to allow"
-NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+PURPOSE = "knowledge-url"
 USER_AGENT = "Enclave knowledge fetcher (+https://github.com/enclave)"
 
 
@@ -64,43 +70,6 @@ class FetchError(InvalidRequest):
 
 
 # ------------------------------------------------------------------ checks
-def address_refusal(address: IPAddress) -> str | None:
-    """Why ``address`` is not a public one (``"a loopback address"``), or None."""
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = _embedded_ipv4(address)
-        if embedded is not None and (reason := address_refusal(embedded)):
-            return f"{reason} in IPv6 form"
-    if address.is_unspecified:
-        return "the unspecified address"
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_link_local:
-        return "a link-local address"
-    if address.is_multicast:
-        return "a multicast address"
-    if address.is_private:
-        return "a private address"
-    if address.is_reserved:
-        return "a reserved address"
-    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
-        return "a site-local address"
-    if not address.is_global:
-        return "not a public address"
-    return None
-
-
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address.teredo is not None:
-        return address.teredo[1]
-    if address in NAT64_PREFIX:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None
-
-
 def check_url(url: URL, config: UrlFetchConfig) -> URL:
     """Refuse a URL whose scheme, credentials or host cannot be fetched."""
     scheme = url.scheme.lower()
@@ -129,81 +98,48 @@ def _parse(raw: str) -> URL:
     return url
 
 
-async def resolve_host(host: str, port: int) -> list[IPAddress]:
-    """Every address ``host`` resolves to (tests replace this to fake DNS)."""
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
-        raise FetchError(f"could not resolve {host}: {reason}") from exc
-    addresses: list[IPAddress] = []
-    for *_, sockaddr in infos:
-        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        if address not in addresses:
-            addresses.append(address)
-    if not addresses:
-        raise FetchError(f"could not resolve {host}: no addresses")
-    return addresses
-
-
-class PinnedResolver(AbstractResolver):
-    """Answers only with addresses vetted by :func:`fetch_url`, never asks DNS itself."""
-
-    def __init__(self) -> None:
-        self._pinned: dict[str, list[IPAddress]] = {}
-
-    def pin(self, host: str, addresses: list[IPAddress]) -> None:
-        self._pinned[host] = list(addresses)
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        addresses = self._pinned.get(host)
-        if not addresses:
-            raise OSError(f"{host} was not checked before connecting")
-        return [
-            ResolveResult(
-                hostname=host,
-                host=str(address),
-                port=port,
-                family=socket.AF_INET6 if address.version == 6 else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for address in addresses
-        ]
-
-    async def close(self) -> None:
-        self._pinned.clear()
-
-
-async def _vet(url: URL, config: UrlFetchConfig, resolver: PinnedResolver) -> None:
+async def _vet(
+    url: URL, guard: EgressGuard, resolver: PinnedResolver, caller: Caller | None
+) -> None:
     host = url.raw_host or ""
+    where = shown_url(url.scheme, host, url.explicit_port, url.raw_path)
     try:
-        addresses: list[IPAddress] = [ipaddress.ip_address(host.split("%", 1)[0])]
-    except ValueError:
-        addresses = await resolve_host(host, url.port or 0)
-    if not config.allow_private:
-        for address in addresses:
-            reason = address_refusal(address)
-            if reason:
-                raise FetchError(f"refused {url}: {address} is {reason} ({ALLOW_HINT})")
+        addresses = await guard.vet(
+            url.scheme, host, url.port or 0, purpose=PURPOSE, caller=caller, where=where
+        )
+    except EgressRefused as exc:
+        raise FetchError(str(exc)) from None
     resolver.pin(host, addresses)
 
 
 # ------------------------------------------------------------------- fetch
-async def fetch_url(url: str, dest_dir: Path, config: UrlFetchConfig) -> FetchedUrl:
-    """Download ``url`` into a new file in ``dest_dir``; raise :class:`FetchError`."""
+async def fetch_url(
+    url: str,
+    dest_dir: Path,
+    config: UrlFetchConfig,
+    guard: EgressGuard | None = None,
+    *,
+    caller: Caller | None = None,
+) -> FetchedUrl:
+    """Download ``url`` into a new file in ``dest_dir``; raise :class:`FetchError`.
+
+    ``guard`` decides where the server may connect (default: public addresses
+    only, nothing audited); ``caller`` names whose fetch it is in the audit log.
+    """
     start = _parse(url)
+    guard = guard or EgressGuard()
+    if config.allow_private:
+        guard = guard.allowing_private()
     try:
         async with asyncio.timeout(config.timeout_s):
-            return await _fetch(start, dest_dir, config)
+            return await _fetch(start, dest_dir, config, guard, caller)
     except TimeoutError as exc:
         raise FetchError(f"timed out after {config.timeout_s:g} s fetching {start}") from exc
 
 
-async def _fetch(url: URL, dest_dir: Path, config: UrlFetchConfig) -> FetchedUrl:
+async def _fetch(
+    url: URL, dest_dir: Path, config: UrlFetchConfig, guard: EgressGuard, caller: Caller | None
+) -> FetchedUrl:
     resolver = PinnedResolver()
     connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
     current = check_url(url, config)
@@ -214,7 +150,7 @@ async def _fetch(url: URL, dest_dir: Path, config: UrlFetchConfig) -> FetchedUrl
         headers={"User-Agent": USER_AGENT},
     ) as session:
         for _ in range(config.max_redirects + 1):
-            await _vet(current, config, resolver)
+            await _vet(current, guard, resolver, caller)
             try:
                 async with session.get(current, allow_redirects=False) as response:
                     if response.status in REDIRECT_STATUSES:

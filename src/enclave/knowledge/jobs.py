@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from enclave.egress import Caller, EgressGuard
 from enclave.knowledge.chunking import Chunk, iter_chunks
 from enclave.knowledge.document import ExtractedDocument
 from enclave.knowledge.extract import ExtractionError, extract
@@ -32,7 +33,12 @@ from enclave.knowledge.fetch import FetchError, fetch_url
 from enclave.knowledge.service import KnowledgeService, sha256_file, utc_now
 from enclave.knowledge.store.base import ChunkRow
 from enclave.settings import UrlFetchConfig
-from enclave.storage.models import IngestionJobRow, KnowledgeDocumentRow
+from enclave.storage.models import (
+    IngestionJobRow,
+    KnowledgeBaseRow,
+    KnowledgeDocumentRow,
+    WorkspaceRow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +64,15 @@ def _batches(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
 class IngestionWorker:
     """Runs queued ingestion jobs one at a time, in the server's event loop."""
 
-    def __init__(self, service: KnowledgeService, url_fetch: UrlFetchConfig) -> None:
+    def __init__(
+        self,
+        service: KnowledgeService,
+        url_fetch: UrlFetchConfig,
+        egress: EgressGuard | None = None,
+    ) -> None:
         self.service = service
         self.url_fetch = url_fetch
+        self.egress = egress or EgressGuard()
         self.task: asyncio.Task[None] | None = None
 
     def recover(self) -> int:
@@ -156,7 +168,9 @@ class IngestionWorker:
             self._transition(job_id, "extracting", attempts=attempts)
             if source == "url":
                 assert url is not None
-                fetched = await fetch_url(url, service.blob_dir, self.url_fetch)
+                fetched = await fetch_url(
+                    url, service.blob_dir, self.url_fetch, self.egress, caller=self._caller(kb_id)
+                )
                 path, media_type = fetched.path, fetched.media_type
                 content_hash = await asyncio.to_thread(sha256_file, path)
                 self._transition(
@@ -187,6 +201,16 @@ class IngestionWorker:
             if path is not None:
                 path.unlink(missing_ok=True)
 
+    def _caller(self, kb_id: int) -> Caller:
+        """The workspace a URL is fetched for, named in the audit entry of a refusal."""
+        with self.service.sessions() as session:
+            workspace = session.scalar(
+                select(WorkspaceRow.name)
+                .join(KnowledgeBaseRow, KnowledgeBaseRow.workspace_id == WorkspaceRow.id)
+                .where(KnowledgeBaseRow.id == kb_id)
+            )
+        return Caller(workspace=workspace or "")
+
     async def _embed_and_store(
         self, job_id: int, kb_id: int, document_id: int, extracted: ExtractedDocument
     ) -> int:
@@ -202,7 +226,7 @@ class IngestionWorker:
         done = 0
         for batch in _batches(chunks, config.embed_batch):
             vectors = await service.embedder.embed(
-                [embedding_input(chunk, extracted.title) for chunk in batch]
+                [embedding_input(chunk, extracted.title) for chunk in batch], priority="bulk"
             )
             rows = [
                 ChunkRow(

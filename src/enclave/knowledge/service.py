@@ -35,6 +35,7 @@ from enclave.gateway.routing import RoutingTable, Target
 from enclave.inference import InferenceService
 from enclave.knowledge.retrieval import Mode, Retrieved, retrieve
 from enclave.knowledge.store.base import ChunkRow, Filters, VectorStore
+from enclave.providers.base import EmbedPriority
 from enclave.providers.openai_upstream import OpenAIUpstream
 from enclave.settings import KnowledgeConfig
 from enclave.storage.models import IngestionJobRow, KnowledgeBaseRow, KnowledgeDocumentRow
@@ -237,11 +238,14 @@ class Embedder:
     def model_id(self) -> str:
         return self.resolve().qualified
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+    async def embed(
+        self, texts: Sequence[str], *, priority: EmbedPriority = "interactive"
+    ) -> np.ndarray:
+        """``priority``: ``bulk`` for ingestion, so it never delays a query."""
         target = self.resolve()
         provider = self.routing.providers[target.provider]
         card = self.routing.cards[(target.provider, target.model)]
-        result = await self.inference.embed(list(texts), provider, card)
+        result = await self.inference.embed(list(texts), provider, card, priority=priority)
         vectors = np.asarray(result.vectors, dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
+EmbedPriority = Literal["interactive", "bulk"]
+"""``interactive`` embeddings (a query) go before ``bulk`` ones (ingestion) where a
+provider shares one engine between them."""
 FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
 
 
@@ -181,7 +184,9 @@ class Provider(abc.ABC):
 
         raise InvalidRequest(f"The model '{request.model}' does not generate text.", param="model")
 
-    async def embed(self, model: str, inputs: Sequence[str]) -> EmbeddingResult:
+    async def embed(
+        self, model: str, inputs: Sequence[str], *, priority: EmbedPriority = "interactive"
+    ) -> EmbeddingResult:
         from enclave.errors import InvalidRequest
 
         raise InvalidRequest(f"The model '{model}' does not produce embeddings.", param="model")

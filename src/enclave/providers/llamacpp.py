@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,7 @@ from enclave.providers.base import (
 )
 from enclave.providers.builtin import resolve_model_path
 from enclave.providers.scheduling import FairQueue
+from enclave.runners.cpu import cpu_path, extra_buffer_types, read_cpu_flags
 from enclave.settings import ModelConfig, RunnerConfig
 
 log = logging.getLogger(__name__)
@@ -143,10 +145,14 @@ class RunnerStats:
 class LocalModel:
     """One GGUF model with its slots, queue and chat template."""
 
-    def __init__(self, provider: str, config: ModelConfig, runner: RunnerConfig) -> None:
+    def __init__(
+        self, provider: str, config: ModelConfig, runner: RunnerConfig, chars_per_token: int = 8
+    ) -> None:
         self.provider = provider
         self.config = config
         self.runner = runner
+        # A prompt longer than this cannot fit the context, so it is refused untokenised.
+        self.max_prompt_chars = config.n_ctx * chars_per_token
         assert config.path is not None, "settings require a path for local models"
         self.path = resolve_model_path(config.path)
         cores = (
@@ -163,6 +169,7 @@ class LocalModel:
         self.stats = RunnerStats()
         self.template: ChatTemplate | None = None
         self._strip_bos = ""
+        self.extra_buffer_types: bool | None = None  # decided at load
 
     @property
     def tokenizer(self) -> Llama:
@@ -178,17 +185,27 @@ class LocalModel:
 
     def load(self) -> None:
         """Create the llama.cpp contexts (blocking; call from a thread)."""
-        for _ in range(self.runner.slots):
-            self._slots.append(
-                Llama(
-                    model_path=str(self.path),
-                    n_ctx=self.config.n_ctx,
-                    n_batch=self.runner.n_batch,
-                    n_threads=self.threads,
-                    n_threads_batch=self.threads,
-                    verbose=False,
+        extra = extra_buffer_types(read_cpu_flags(), self.runner.extra_buffer_types)
+        self.extra_buffer_types = extra.enabled
+        with _model_params(use_extra_bufts=extra.enabled):
+            for _ in range(self.runner.slots):
+                self._slots.append(
+                    Llama(
+                        model_path=str(self.path),
+                        n_ctx=self.config.n_ctx,
+                        n_batch=self.runner.n_batch,
+                        n_threads=self.threads,
+                        n_threads_batch=self.threads,
+                        verbose=False,
+                    )
                 )
-            )
+        log.info(
+            "%s: CPU path %s, llama.cpp extra buffer types %s (%s)",
+            self.config.name,
+            cpu_path(read_cpu_flags()),
+            "on" if extra.enabled else "off",
+            extra.reason,
+        )
         llama = self._slots[0]
         vocab = llama._model.vocab
         bos = llama_cpp.llama_vocab_bos(vocab)
@@ -229,6 +246,12 @@ class LocalModel:
     # -- admission ----------------------------------------------------------
 
     def admit(self, request: GenerationRequest) -> _LocalStream:
+        given = (
+            len(request.prompt)
+            if request.prompt is not None
+            else sum(len(message.content) for message in request.messages)
+        )
+        self._check_prompt_chars(given, request)  # before rendering a huge template
         if request.prompt is not None:
             prompt = request.prompt
             plan = plan_output(request.response_format, (), "none")
@@ -239,6 +262,7 @@ class LocalModel:
             prompt = self.template.render(request.messages, offered)
             if self._strip_bos and prompt.startswith(self._strip_bos):
                 prompt = prompt[len(self._strip_bos) :]
+        self._check_prompt_chars(len(prompt), request)
         tokens = self.tokenizer.tokenize(prompt.encode(), add_bos=True, special=True)
         room = self.n_ctx - len(tokens)
         if room <= 0:
@@ -254,6 +278,21 @@ class LocalModel:
         job = _Job(tokens, plan, request.sampling, max_tokens, asyncio.get_running_loop())
         self.queue.put_nowait(request.tenant, job)
         return _LocalStream(job, self.queue)
+
+    def _check_prompt_chars(self, chars: int, request: GenerationRequest) -> None:
+        """Refuse a prompt that cannot fit the context without tokenising it.
+
+        Tokenising costs time and memory in proportion to the text; no token covers
+        more than ``input_limits.chars_per_token`` characters in practice, so a
+        longer prompt is over the context for certain.
+        """
+        if chars > self.max_prompt_chars:
+            raise InvalidRequest(
+                f"The prompt is {chars} characters; the model's context of {self.n_ctx} tokens "
+                f"holds at most {self.max_prompt_chars} (input_limits.chars_per_token).",
+                param="messages" if request.prompt is None else "prompt",
+                code="context_length_exceeded",
+            )
 
     def _check_grammar(self, grammar: str) -> None:
         sampler = llama_cpp.llama_sampler_init_grammar(
@@ -288,6 +327,36 @@ class LocalModel:
                 self.queue.record_service_time(time.monotonic() - started)
 
 
+_params_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _model_params(*, use_extra_bufts: bool) -> Iterator[None]:
+    """Make ``Llama()`` load with ``use_extra_bufts`` set as given.
+
+    llama-cpp-python builds ``llama_model_params`` inside ``Llama.__init__`` from
+    ``llama_model_default_params()`` and offers no argument for this field, so the
+    default is wrapped while the contexts are created (one load at a time).
+    """
+    if use_extra_bufts:
+        yield
+        return
+    bindings = llama_cpp.llama_cpp  # the module Llama.__init__ calls through
+    defaults = bindings.llama_model_default_params
+
+    def without_extra_bufts() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with _params_lock:
+        bindings.llama_model_default_params = without_extra_bufts
+        try:
+            yield
+        finally:
+            bindings.llama_model_default_params = defaults
+
+
 def _decode(llama: Llama, job: _Job) -> Finished | None:
     """Run one generation on ``llama``; blocking, on the slot's thread."""
     try:
@@ -305,7 +374,9 @@ def _decode_into(
 ) -> Finished:
     sampling = job.sampling
     plan = job.plan
-    llama.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
+    llama.set_seed(
+        sampling.seed & 0xFFFFFFFF if sampling.seed is not None else random.randrange(2**31)
+    )
     grammar = LlamaGrammar.from_string(plan.grammar) if plan.grammar else None
     vocab = llama._model.vocab
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -376,9 +447,18 @@ def _decode_into(
 class LlamaCppProvider(Provider):
     """Serves the GGUF models of one ``type: llamacpp`` provider entry."""
 
-    def __init__(self, name: str, models: list[ModelConfig], runner: RunnerConfig) -> None:
+    def __init__(
+        self,
+        name: str,
+        models: list[ModelConfig],
+        runner: RunnerConfig,
+        *,
+        chars_per_token: int = 8,
+    ) -> None:
         self.name = name
-        self._models = {config.name: LocalModel(name, config, runner) for config in models}
+        self._models = {
+            config.name: LocalModel(name, config, runner, chars_per_token) for config in models
+        }
 
     async def start(self) -> None:
         for model in self._models.values():
@@ -426,6 +506,7 @@ class LlamaCppProvider(Provider):
                 "generations": model.stats.generations,
                 "cancelled": model.stats.cancelled,
                 "tokens_generated": model.stats.tokens_generated,
+                "extra_buffer_types": model.extra_buffer_types,
             }
             for name, model in self._models.items()
         }

@@ -23,19 +23,45 @@ log = logging.getLogger(__name__)
 def _llamacpp(config: ProviderConfig, settings: Settings) -> Provider:
     from enclave.providers.llamacpp import LlamaCppProvider
 
-    return LlamaCppProvider(config.name, config.models, settings.runner)
+    return LlamaCppProvider(
+        config.name,
+        config.models,
+        settings.runner,
+        chars_per_token=settings.input_limits.chars_per_token,
+    )
 
 
 def _sentence_transformers(config: ProviderConfig, settings: Settings) -> Provider:
     from enclave.providers.sentence_transformers import SentenceTransformersProvider
+    from enclave.runners.cpu import embed_dtype, read_cpu_flags
 
-    return SentenceTransformersProvider(config.name, config.models, settings.runner.queue_size)
+    return SentenceTransformersProvider(
+        config.name,
+        config.models,
+        settings.runner.queue_size,
+        chars_per_token=settings.input_limits.chars_per_token,
+        dtype=embed_dtype(read_cpu_flags(), settings.runner.embed_dtype),
+    )
 
 
 def _openai(config: ProviderConfig, settings: Settings) -> Provider:
     from enclave.providers.openai_upstream import OpenAIUpstream
 
     return OpenAIUpstream(config)
+
+
+def _in_runner(config: ProviderConfig, settings: Settings) -> Provider:
+    from enclave.providers.runner_client import RunnerProvider
+    from enclave.runners.supervisor import LocalRunner
+
+    runner = LocalRunner(
+        config.name,
+        [config],
+        settings.runner,
+        settings.input_limits,
+        log_level=settings.log_level,
+    )
+    return RunnerProvider(config.name, runner, restart_wait_s=settings.runner.restart_wait_s)
 
 
 PROVIDER_TYPES: dict[str, Callable[[ProviderConfig, Settings], Provider]] = {
@@ -69,12 +95,24 @@ class ModelRegistry:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRegistry:
-        providers = [PROVIDER_TYPES[config.type](config, settings) for config in settings.providers]
+        """Build the configured providers. With ``runner.mode: process`` each embedded
+        provider runs in its own supervised runner process and is reached through a
+        :class:`~enclave.providers.runner_client.RunnerProvider`. A missing model file
+        is a :class:`ConfigError` here, before any runner starts."""
+        problems = check_model_files(settings)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        providers = [
+            _in_runner(config, settings)
+            if config.is_local and settings.runner.mode == "process"
+            else PROVIDER_TYPES[config.type](config, settings)
+            for config in settings.providers
+        ]
         return cls(providers, settings.default_model)
 
     async def start(self) -> None:
-        for provider in self.providers:
-            await provider.start()
+        # Together: each runner loads its models in its own process.
+        await asyncio.gather(*(provider.start() for provider in self.providers))
         self.started = True
 
     async def close(self) -> None:

@@ -15,13 +15,27 @@ written items reaches the count appended when it was called. Records can only
 be lost when ``close`` gives up on an unreachable database, and then the
 number lost is logged as an error.
 
+Durable writes. ``await commit(*items)`` queues items and returns once the
+batch holding them has committed: it wakes the thread at once rather than at
+the next interval, and everything that arrives while a batch is being written
+goes into the next one, so N waiting requests share one transaction (group
+commit). Waiters are woken through their event loop as soon as the commit
+returns, before ``after_write`` (the audit log's signed head) runs. When a
+write fails, the waiters of that batch get ``CommitFailed`` at once (callers
+fail closed) while the batch stays queued and is retried like any other; an
+item given with a ``fallback`` is replaced by it in the retried batch, so the
+stored record can say that its caller was told it failed.
+
 Before ``start`` (in tests and in start-up code that reads the database
-first) there is no thread: ``flush`` writes what is waiting in the caller's
-thread and lets a failure propagate.
+first) there is no thread: ``flush`` and ``commit`` write what is waiting in
+the caller's thread, and a failure propagates (as ``CommitFailed`` from
+``commit``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -34,6 +48,44 @@ from sqlalchemy.exc import DBAPIError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class CommitFailed(Exception):
+    """A durable write could not be committed; the records wait in the queue for a retry."""
+
+
+class _Waiter:
+    """An awaiting caller: its future, and what replaces its item if the write fails."""
+
+    __slots__ = ("fallback", "future", "loop")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], fallback: object
+    ) -> None:
+        self.loop = loop
+        self.future = future
+        self.fallback = fallback
+
+
+def _settle(waiters: list[_Waiter], failure: BaseException | None) -> None:
+    # On the waiters' loop. A caller that was cancelled meanwhile has no one to tell.
+    for waiter in waiters:
+        if waiter.future.done():
+            continue
+        if failure is None:
+            waiter.future.set_result(None)
+        else:
+            waiter.future.set_exception(failure)
+
+
+def _wake_waiters(waiters: list[_Waiter], failure: BaseException | None) -> None:
+    """One call into each loop for the whole batch, not one per waiter."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Waiter]] = {}
+    for waiter in waiters:
+        by_loop.setdefault(waiter.loop, []).append(waiter)
+    for loop, group in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle, group, failure)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -60,11 +112,15 @@ class BatchWriter(Generic[T]):
         max_batch: int = 1000,
         retry_initial: float = 0.05,
         retry_max: float = 5.0,
+        after_write: Callable[[], None] | None = None,
     ) -> None:
         if flush_interval <= 0 or max_batch < 1:
             raise ValueError("flush_interval must be positive and max_batch at least 1")
         self.name = name
         self._write = write
+        # Runs after each written batch, once its waiters are woken (a slow step that
+        # durability does not need, like the audit log's signed head).
+        self._after_write = after_write
         self._interval = flush_interval
         self._max_batch = max_batch
         self._retry_initial = retry_initial
@@ -73,6 +129,9 @@ class BatchWriter(Generic[T]):
         self._wake = threading.Condition(self._lock)  # the writer waits on this
         self._written = threading.Condition(self._lock)  # flush() waits on this
         self._queue: deque[T] = deque()
+        # Waiters by the index (in append order) of the last item each waits for.
+        self._waiters: dict[int, _Waiter] = {}
+        self._taken = 0  # items taken off the queue (the index of the queue's head)
         self._appended = 0
         self._done = 0
         self._flush_waiters = 0
@@ -117,6 +176,34 @@ class BatchWriter(Generic[T]):
                 )
         except Exception:  # pragma: no cover - only MemoryError-like failures get here
             log.error("%s: could not queue a record", self.name)
+
+    async def commit(self, *items: T, fallback: T | None = None) -> None:
+        """Queue ``items`` and return when the batch holding them has committed.
+
+        Raises ``CommitFailed`` when that batch's write fails (the items stay
+        queued and are retried; with a ``fallback``, it replaces the last item).
+        Before ``start`` the items are written in this thread. Cancelling the
+        caller does not take the items back.
+        """
+        if not items:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        thread = self._thread
+        with self._lock:
+            if self._closed:
+                raise CommitFailed(f"{self.name}: closed")
+            self._queue.extend(items)
+            self._appended += len(items)
+            self._waiters[self._appended - 1] = _Waiter(loop, future, fallback)
+            self._wake.notify()
+        if thread is None or not thread.is_alive():
+            try:
+                self._write_inline()
+            except Exception as exc:
+                raise CommitFailed(f"{self.name}: {describe_failure(exc)}") from exc
+            return
+        await future
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every item put so far is written.
@@ -174,6 +261,9 @@ class BatchWriter(Generic[T]):
         if thread.is_alive():
             self._give_up.set()
             thread.join(1.0)
+            with self._lock:
+                stranded, self._waiters = list(self._waiters.values()), {}
+            _wake_waiters(stranded, CommitFailed(f"{self.name}: closed before the write"))
             log.error(
                 "%s: gave up after %.0f s; %d record(s) were not written",
                 self.name,
@@ -184,27 +274,56 @@ class BatchWriter(Generic[T]):
     def _take_batch(self) -> list[T]:
         # Called with the lock held.
         count = min(len(self._queue), self._max_batch)
+        self._taken += count
         return [self._queue.popleft() for _ in range(count)]
+
+    def _batch_waiters(self, batch: list[T]) -> list[tuple[int, _Waiter]]:
+        """(position in batch, waiter) for the batch just taken. Lock held."""
+        if not self._waiters:
+            return []
+        first = self._taken - len(batch)
+        return [
+            (index - first, self._waiters.pop(index))
+            for index in range(first, self._taken)
+            if index in self._waiters
+        ]
 
     def _mark_written(self, count: int) -> None:
         with self._lock:
             self._done += count
             self._written.notify_all()
 
+    def _written_ok(self, count: int, waiters: list[tuple[int, _Waiter]]) -> None:
+        if waiters:
+            _wake_waiters([waiter for _, waiter in waiters], None)
+        if self._after_write is not None:
+            try:
+                self._after_write()
+            except Exception as exc:
+                log.error("%s: after a write: %s", self.name, describe_failure(exc))
+        self._mark_written(count)
+
     def _write_inline(self) -> None:
         with self._write_lock:
             while True:
                 with self._lock:
                     batch = self._take_batch()
+                    waiters = self._batch_waiters(batch)
                 if not batch:
                     return
                 try:
                     self._write(batch)
                 except BaseException:
+                    # Inline, the caller learns the outcome from the exception; the
+                    # items go back to the queue (with their fallbacks) for a retry.
+                    for position, waiter in waiters:
+                        if waiter.fallback is not None:
+                            batch[position] = waiter.fallback  # type: ignore[assignment]
                     with self._lock:
                         self._queue.extendleft(reversed(batch))
+                        self._taken -= len(batch)
                     raise
-                self._mark_written(len(batch))
+                self._written_ok(len(batch), [])
 
     def _run(self) -> None:
         deadline = time.monotonic() + self._interval
@@ -216,6 +335,7 @@ class BatchWriter(Generic[T]):
                     if queued and (
                         queued >= self._max_batch
                         or self._flush_waiters
+                        or self._waiters
                         or self._stopping
                         or now >= deadline
                     ):
@@ -226,14 +346,15 @@ class BatchWriter(Generic[T]):
                         deadline = now + self._interval
                     self._wake.wait(deadline - now)
                 batch = self._take_batch()
+                waiters = self._batch_waiters(batch)
             with self._write_lock:
-                if not self._write_with_retry(batch):
+                if not self._write_with_retry(batch, waiters):
                     return
-            self._mark_written(len(batch))
+                self._written_ok(len(batch), waiters)
             if not self._queue:
                 deadline = time.monotonic() + self._interval
 
-    def _write_with_retry(self, batch: list[T]) -> bool:
+    def _write_with_retry(self, batch: list[T], waiters: list[tuple[int, _Waiter]]) -> bool:
         delay = self._retry_initial
         failures = 0
         while True:
@@ -241,6 +362,16 @@ class BatchWriter(Generic[T]):
                 self._write(batch)
             except Exception as exc:
                 failures += 1
+                if failures == 1 and waiters:
+                    # Fail closed now; the records stay in the batch and are retried.
+                    _wake_waiters(
+                        [waiter for _, waiter in waiters],
+                        CommitFailed(f"{self.name}: {describe_failure(exc)}"),
+                    )
+                    for position, waiter in waiters:
+                        if waiter.fallback is not None:
+                            batch[position] = waiter.fallback  # type: ignore[assignment]
+                    waiters.clear()
                 log.error(
                     "%s: writing %d record(s) failed (%s); attempt %d, %d record(s) waiting, "
                     "retrying in %.2f s",

@@ -99,6 +99,21 @@ class AuditEntryRow(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class AuditIntentRow(Base):
+    """A request routed but not yet ended (``gateway/audit.py``): its partial audit entry.
+
+    Not chained. Deleted in the transaction that appends the request's chained
+    entry; one left over at start-up becomes an ``interrupted`` entry.
+    """
+
+    __tablename__ = "audit_intents"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime())
+    # canonical_json of the entry as it will be chained if the request never ends.
+    payload: Mapped[str] = mapped_column(Text)
+
+
 class UsageRow(Base):
     """Tokens spent by one request (``gateway/usage.py``); append only."""
 
@@ -310,3 +325,35 @@ class ConversationMessageRow(Base):
     content: Mapped[str] = mapped_column(Text)
     extra_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+
+
+class JoinTokenRow(Base):
+    """A token a remote runner presents to join (``runners/tokens.py``); hashed like API keys."""
+
+    __tablename__ = "join_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The highest clearance a runner joining with it may declare; null: no cap.
+    max_clearance: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class DeploymentRow(Base):
+    """A deployment applied with ``enclave deployments apply`` (``runners/deployments.py``).
+
+    Config entries are the baseline; a stored one with the same model replaces it.
+    """
+
+    __tablename__ = "deployments"
+
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The validated DeploymentConfig, as JSON.
+    spec_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())

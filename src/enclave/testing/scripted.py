@@ -12,6 +12,7 @@ from enclave.errors import ModelNotFound, QueueFull
 from enclave.providers.base import (
     Capabilities,
     EmbeddingResult,
+    EmbedPriority,
     Finished,
     GenerationEvent,
     GenerationRequest,
@@ -125,7 +126,9 @@ class ScriptedProvider(Provider):
         self.requests.append(request)
         return _ScriptedStream(self, request)
 
-    async def embed(self, model: str, inputs: Sequence[str]) -> EmbeddingResult:
+    async def embed(
+        self, model: str, inputs: Sequence[str], *, priority: EmbedPriority = "interactive"
+    ) -> EmbeddingResult:
         if model == "scripted-words":
             vectors = [word_vector(text) for text in inputs]
         else:

@@ -10,15 +10,18 @@ as the model ``app/<name>``; see :mod:`enclave.apps.runner`.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
 from enclave.api.deps import Services, require_principal, services
+from enclave.api.params import PositiveInt64, input_limits
 from enclave.apps.runner import AppRunner
 from enclave.apps.service import AppService
 from enclave.auth.principals import Principal
+from enclave.input_limits import INT64_MAX, check_document
+from enclave.settings import InputLimitsConfig
 
 router = APIRouter(prefix="/api/apps", dependencies=[Depends(require_principal)])
 actions = APIRouter(prefix="/api/actions", dependencies=[Depends(require_principal)])
@@ -34,7 +37,7 @@ class Draft(BaseModel):
 
 
 class Rollback(BaseModel):
-    to: int = Field(ge=1)
+    to: PositiveInt64
 
 
 def app_service(svc: Services = Depends(services)) -> AppService:
@@ -59,7 +62,9 @@ async def create_draft(
     body: Draft,
     principal: Principal = Depends(require_principal),
     apps: AppService = Depends(app_service),
+    limits: InputLimitsConfig = Depends(input_limits),
 ) -> dict[str, Any]:
+    check_document(body.spec, limits, "spec")
     return await asyncio.to_thread(apps.create_draft, principal.workspace_id, body.spec)
 
 
@@ -79,7 +84,9 @@ async def apply_app(
     body: Apply,
     principal: Principal = Depends(require_principal),
     apps: AppService = Depends(app_service),
+    limits: InputLimitsConfig = Depends(input_limits),
 ) -> dict[str, Any]:
+    check_document(body.spec, limits, "spec")
     result = await asyncio.to_thread(
         apps.apply,
         principal.workspace_id,
@@ -94,7 +101,7 @@ async def apply_app(
 @router.get("/{name}", summary="An app's current spec, YAML and latest test results")
 async def get_app(
     name: str,
-    version: int | None = None,
+    version: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
     principal: Principal = Depends(require_principal),
     apps: AppService = Depends(app_service),
 ) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from enclave.api.conversations.protocol import (
 from enclave.api.deps import Services, require_principal, services
 from enclave.api.openai.protocol import ChatCompletionRequest
 from enclave.api.openai.responses import sse_error
+from enclave.api.params import ResourceId, input_limits
 from enclave.apps.service import parse_model_id
 from enclave.auth.principals import Principal
 from enclave.chat.conversations import ConversationService, answer_events, chat_body
@@ -38,12 +39,19 @@ from enclave.chat.dispatch import dispatch_chat
 from enclave.errors import EnclaveError, InvalidRequest
 from enclave.gateway.classification import CLASSIFICATION_HEADER
 from enclave.gateway.service import SSE_HEADERS, Answer, Call
+from enclave.input_limits import check_text
+from enclave.settings import InputLimitsConfig
 
 router = APIRouter(prefix="/api/conversations", dependencies=[Depends(require_principal)])
 
 
 def conversation_service(svc: Services = Depends(services)) -> ConversationService:
     return svc.conversations
+
+
+def check_conversation(title: str | None, model: str | None, limits: InputLimitsConfig) -> None:
+    check_text(title, "title", limits.max_title_chars, "max_title_chars")
+    check_text(model, "model", limits.max_model_name_chars, "max_model_name_chars")
 
 
 @router.get("", summary="The calling key's conversations, most recent first")
@@ -60,7 +68,9 @@ async def create_conversation(
     body: ConversationCreate,
     principal: Principal = Depends(require_principal),
     conversations: ConversationService = Depends(conversation_service),
+    limits: InputLimitsConfig = Depends(input_limits),
 ) -> ConversationOut:
+    check_conversation(body.title, body.model, limits)
     created = await asyncio.to_thread(
         conversations.create, principal, title=body.title, model=body.model
     )
@@ -69,7 +79,7 @@ async def create_conversation(
 
 @router.get("/{conversation_id}", summary="A conversation with its messages")
 async def get_conversation(
-    conversation_id: int,
+    conversation_id: ResourceId,
     principal: Principal = Depends(require_principal),
     conversations: ConversationService = Depends(conversation_service),
 ) -> ConversationDetail:
@@ -82,11 +92,13 @@ async def get_conversation(
 
 @router.patch("/{conversation_id}", summary="Rename a conversation or change its model")
 async def update_conversation(
-    conversation_id: int,
+    conversation_id: ResourceId,
     body: ConversationPatch,
     principal: Principal = Depends(require_principal),
     conversations: ConversationService = Depends(conversation_service),
+    limits: InputLimitsConfig = Depends(input_limits),
 ) -> ConversationOut:
+    check_conversation(body.title, body.model, limits)
     changes = {
         name: value.strip() if value else None
         for name, value in body
@@ -98,7 +110,7 @@ async def update_conversation(
 
 @router.delete("/{conversation_id}", status_code=204, summary="Delete a conversation")
 async def delete_conversation(
-    conversation_id: int,
+    conversation_id: ResourceId,
     principal: Principal = Depends(require_principal),
     conversations: ConversationService = Depends(conversation_service),
 ) -> Response:
@@ -112,7 +124,7 @@ async def delete_conversation(
     response_class=StreamingResponse,
 )
 async def post_message(
-    conversation_id: int,
+    conversation_id: ResourceId,
     body: MessagePost,
     request: Request,
     principal: Principal = Depends(require_principal),
@@ -127,6 +139,9 @@ async def post_message(
             "confirm and cancel decide an app's pending action; use an app model (app/<name>).",
             param="confirm" if body.confirm else "cancel",
         )
+    limits = svc.settings.input_limits
+    check_text(body.model, "model", limits.max_model_name_chars, "max_model_name_chars")
+    check_text(body.content, "content", len(body.content or ""), "")  # NUL only
     text = body.content or ""
     if decision is not None:
         text = "Confirmed." if body.confirm else "Cancelled."

@@ -23,11 +23,13 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
 from enclave.api.deps import Services, require_principal, services
+from enclave.api.params import Offset, PageSize, ResourceId
 from enclave.auth.principals import Principal
 from enclave.errors import InvalidRequest, PayloadTooLarge
+from enclave.input_limits import check_document, check_json_depth, check_text
 from enclave.knowledge.retrieval import Mode
 from enclave.knowledge.service import AddResult, KnowledgeService
-from enclave.settings import NAME_PATTERN
+from enclave.settings import NAME_PATTERN, InputLimitsConfig
 
 router = APIRouter(prefix="/api/knowledge", dependencies=[Depends(require_principal)])
 
@@ -72,6 +74,8 @@ async def create_base(
     svc: Services = Depends(services),
     kb: KnowledgeService = Depends(knowledge),
 ) -> dict[str, Any]:
+    limits = svc.settings.input_limits
+    check_text(body.description, "description", limits.max_prompt_chars, "max_prompt_chars")
     floor = svc.gateway.policy(principal.workspace).classification
     info = await asyncio.to_thread(
         kb.create_base,
@@ -133,9 +137,10 @@ def _spool(kb: KnowledgeService, upload: UploadFile, limit: int) -> tuple[Path, 
     return target, digest.hexdigest(), size
 
 
-def _metadata(raw: Any) -> dict[str, Any] | None:
+def _metadata(raw: Any, limits: InputLimitsConfig) -> dict[str, Any] | None:
     if raw is None or raw == "":
         return None
+    check_json_depth(str(raw), limits.max_json_depth, param="metadata")
     try:
         value = json.loads(str(raw))
     except json.JSONDecodeError:
@@ -156,12 +161,14 @@ async def add_documents(
     JSON), or a JSON body ``{"url": ...}``. Unchanged files are reported as such."""
     await asyncio.to_thread(kb.get_base, principal.workspace_id, name)  # 404 before reading
     content_type = request.headers.get("content-type", "")
+    limits: InputLimitsConfig = services(request).settings.input_limits
     results: list[AddResult] = []
     if content_type.startswith("application/json"):
         try:
             body = UrlAdd.model_validate_json(await request.body())
         except ValueError as exc:
             raise InvalidRequest(f'Expected {{"url": ...}}: {exc}', param="url") from None
+        check_document(body.metadata, limits, "metadata")
         results.append(
             await asyncio.to_thread(
                 kb.add_url,
@@ -179,9 +186,11 @@ async def add_documents(
             if not files:
                 raise InvalidRequest("Send the documents as multipart 'file' fields.", param="file")
             classification = form.get("classification")
-            metadata = _metadata(form.get("metadata"))
+            metadata = _metadata(form.get("metadata"), limits)
+            check_document(metadata, limits, "metadata")
             limit = kb.config.max_document_bytes
             for upload in files:
+                check_text(upload.filename, "file", limits.max_title_chars, "max_title_chars")
                 path, digest, size = await asyncio.to_thread(_spool, kb, upload, limit)
                 results.append(
                     await asyncio.to_thread(
@@ -220,7 +229,7 @@ async def list_documents(
 @router.get("/{name}/documents/{document_id}", summary="One document and its status")
 async def get_document(
     name: str,
-    document_id: int,
+    document_id: ResourceId,
     principal: Principal = Depends(require_principal),
     kb: KnowledgeService = Depends(knowledge),
 ) -> dict[str, Any]:
@@ -231,9 +240,9 @@ async def get_document(
 @router.get("/{name}/documents/{document_id}/chunks", summary="A document's chunks, in order")
 async def document_chunks(
     name: str,
-    document_id: int,
-    offset: int = 0,
-    limit: int = 50,
+    document_id: ResourceId,
+    offset: Offset = 0,
+    limit: PageSize = 50,
     principal: Principal = Depends(require_principal),
     kb: KnowledgeService = Depends(knowledge),
 ) -> dict[str, Any]:
@@ -259,7 +268,7 @@ async def document_chunks(
 @router.delete("/{name}/documents/{document_id}", status_code=204, summary="Delete a document")
 async def delete_document(
     name: str,
-    document_id: int,
+    document_id: ResourceId,
     principal: Principal = Depends(require_principal),
     kb: KnowledgeService = Depends(knowledge),
 ) -> Response:

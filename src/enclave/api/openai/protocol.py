@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from enclave.errors import InvalidRequest
+from enclave.input_limits import INT64_MAX, INT64_MIN
 from enclave.providers.base import (
     ChatMessage,
     GenerationRequest,
@@ -131,9 +132,9 @@ class SamplingWire(WireModel):
     stream_options: StreamOptions | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     n: int = 1
@@ -172,7 +173,7 @@ class SamplingWire(WireModel):
 
 class ChatCompletionRequest(SamplingWire):
     messages: list[MessageWire] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
     response_format: ResponseFormatWire | None = None
     tools: list[ToolWire] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -242,7 +243,7 @@ class EmbeddingRequest(WireModel):
     model: str
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: int | None = Field(None, ge=1, le=INT64_MAX)
     user: str | None = None
 
     def inputs(self) -> list[str]:

@@ -9,11 +9,18 @@ header first, else the UI's session cookie), parses the body with the same
 pydantic models, and hands a :class:`~enclave.gateway.service.Call` to the
 gateway (chat through :func:`~enclave.chat.dispatch.dispatch_chat`, which
 picks an app, grounded chat or the gateway).
+
+Before the gateway sees a request its model name is bounded
+(``input_limits.max_model_name_chars``, no NUL) and the JSON in tool-call
+arguments is depth-checked. While the work runs, the client's connection is
+watched: when it goes, the work is cancelled (queued generations and
+embedding batches are dropped) instead of running on for nobody.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -36,6 +43,8 @@ from enclave.chat.dispatch import dispatch_chat
 from enclave.errors import InvalidRequest, ModelNotFound
 from enclave.gateway.classification import CLASSIFICATION_HEADER
 from enclave.gateway.service import SSE_HEADERS, Call, Wire
+from enclave.input_limits import check_json_depth, check_text
+from enclave.settings import InputLimitsConfig
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_principal)])
 
@@ -93,6 +102,15 @@ def _parse(raw: bytes, model: type[Wire]) -> tuple[dict[str, Any], Wire]:
         ) from None
 
 
+def check_wire(wire: Wire, limits: InputLimitsConfig) -> None:
+    """Bounds the gateway relies on: a short model name, shallow tool-call arguments."""
+    check_text(wire.model, "model", limits.max_model_name_chars, "max_model_name_chars")
+    if isinstance(wire, ChatCompletionRequest):
+        for message in wire.messages:
+            for call in message.tool_calls or ():
+                check_json_depth(call.function.arguments, limits.max_json_depth, param="messages")
+
+
 def _endpoint(capability: str, model: type[Wire]) -> Any:
     async def endpoint(request: Request) -> Response:
         svc: Services = request.app.state.services
@@ -100,6 +118,7 @@ def _endpoint(capability: str, model: type[Wire]) -> Any:
         principal = authenticate_request(request, svc)
         request.state.principal = principal
         body, wire = _parse(await request.body(), model)
+        check_wire(wire, svc.settings.input_limits)
         call = Call(
             capability=capability,
             principal=principal,
@@ -158,10 +177,12 @@ class GatewayFastPath:
         scope["app"] = self.fastapi_app
         request = Request(scope, receive)
         try:
-            response = await route.endpoint(request)
+            await request.body()  # read first: after it, receive() only reports a disconnect
+            response = await _unless_disconnected(route.endpoint(request), receive)
         except Exception as exc:
             response = await self._handle_error(request, exc)
-        await response(scope, receive, send)
+        if response is not None:
+            await response(scope, receive, send)
 
     async def _handle_error(self, request: Request, exc: Exception) -> Response:
         handlers = self.fastapi_app.exception_handlers
@@ -171,3 +192,35 @@ class GatewayFastPath:
                 response: Response = await handler(request, exc)
                 return response
         raise exc
+
+
+async def _unless_disconnected(
+    work: Coroutine[Any, Any, Response], receive: Receive
+) -> Response | None:
+    """Run ``work``; cancel it and return ``None`` if the client disconnects first.
+
+    Called once the body has been read, so the only message ``receive`` can still
+    deliver is ``http.disconnect``. A streamed answer is watched by Starlette's
+    ``StreamingResponse`` from there on.
+    """
+
+    async def client_gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the server itself is cancelling this request
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()  # the endpoint's own errors are raised here
+    task.cancel()
+    await asyncio.wait((task,))  # let it unwind: queued work is dropped, slots freed
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it
+    return None

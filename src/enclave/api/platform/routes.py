@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import date
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from enclave.api.deps import Services, require_admin, require_principal, services
+from enclave.api.params import ResourceId, input_limits
 from enclave.api.platform.protocol import KeyCreate, KeyCreated, KeyOut, Me
 from enclave.auth.principals import Principal
 from enclave.errors import PermissionDenied
+from enclave.input_limits import INT64_MAX, check_text
+from enclave.settings import InputLimitsConfig
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_principal)])
 admin = APIRouter(prefix="/api", dependencies=[Depends(require_admin)])
@@ -37,7 +40,7 @@ async def usage(
     since: date | None = None,
     until: date | None = None,
     workspace: str | None = None,
-    key_id: int | None = None,
+    key_id: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
     principal: Principal = Depends(require_principal),
     svc: Services = Depends(services),
 ) -> dict[str, Any]:
@@ -60,7 +63,12 @@ async def list_keys(
 
 
 @admin.post("/keys", status_code=201, summary="Create an API key (the secret is shown once)")
-async def create_key(body: KeyCreate, svc: Services = Depends(services)) -> KeyCreated:
+async def create_key(
+    body: KeyCreate,
+    svc: Services = Depends(services),
+    limits: InputLimitsConfig = Depends(input_limits),
+) -> KeyCreated:
+    check_text(body.name, "name", limits.max_name_chars, "max_name_chars")
     secret, info = svc.keys.create(
         body.name, workspace=body.workspace, is_admin=body.admin, expires_at=body.expires_at
     )
@@ -68,7 +76,9 @@ async def create_key(body: KeyCreate, svc: Services = Depends(services)) -> KeyC
 
 
 @admin.delete("/keys/{key_id}", summary="Revoke an API key")
-async def revoke_key(key_id: int, request: Request, svc: Services = Depends(services)) -> KeyOut:
+async def revoke_key(
+    key_id: ResourceId, request: Request, svc: Services = Depends(services)
+) -> KeyOut:
     return KeyOut.of(svc.keys.revoke(key_id))
 
 

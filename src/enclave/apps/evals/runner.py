@@ -76,7 +76,14 @@ def _create_draft(http: httpx.Client, spec: dict[str, Any]) -> dict[str, Any]:
     except httpx.HTTPError as exc:
         raise DraftError(f"cannot reach {http.base_url}: {exc}") from None
     if response.status_code >= 400:
-        raise DraftError(error_message(response), response.status_code)
+        message = error_message(response)
+        if "egress.allow" in message:
+            message += (
+                ". The tests point every API at a local fixture server (--fixture-host, "
+                "127.0.0.1 by default), so the server under test must allow that address "
+                "in egress.allow (e.g. 127.0.0.1/32)"
+            )
+        raise DraftError(message, response.status_code)
     try:
         draft = response.json()
         if not isinstance(draft.get("id"), str) or not isinstance(draft.get("model"), str):

@@ -276,12 +276,16 @@ class SQLiteStore(VectorStore):
             )
 
     def close(self) -> None:
-        with self._index_lock:
-            self._indexes.clear()
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
+        # Under the write lock: a write still running in a worker thread (ingestion is
+        # cancelled at shutdown, its thread is not) finishes before its connection goes.
+        # Closing a connection under a running statement crashes the process.
+        with self._write_lock:
+            with self._index_lock:
+                self._indexes.clear()
+            with self._connections_lock:
+                connections, self._connections = self._connections, []
+            for conn in connections:
+                conn.close()
 
     # -- writes --------------------------------------------------------------
 

@@ -20,7 +20,7 @@ async function loadProviders() {
   try {
     providers = await api("/api/providers");
   } catch (error) {
-    replaceChildren(body, h("tr", {}, h("td", { colspan: "6" }, error.message)));
+    replaceChildren(body, h("tr", {}, h("td", { colspan: "7" }, error.message)));
     return;
   }
   replaceChildren(
@@ -33,9 +33,19 @@ async function loadProviders() {
         provider.clearance || "",
         provider.location || "",
         provider.circuit || "",
+        runnerSummary(provider.state && provider.state.runner),
       ]),
     ),
   );
+}
+
+// The runner process behind an embedded provider: state, restarts, last exit.
+function runnerSummary(runner) {
+  if (!runner) return "";
+  const parts = [runner.state];
+  if (runner.restarts) parts.push(`${runner.restarts} restart${runner.restarts === 1 ? "" : "s"}`);
+  if (runner.last_exit) parts.push(`last exit: ${runner.last_exit}`);
+  return parts.join(" · ");
 }
 
 // -- workspaces and keys ---------------------------------------------------------------

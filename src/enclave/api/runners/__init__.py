@@ -1,0 +1,1 @@
+"""``/api/admin/runners`` and ``/api/admin/deployments``: remote runners, join tokens."""
