@@ -1,4 +1,4 @@
-# Entry points: make run | make test | make lint | make bench
+# Entry points: make run | make demo | make test | make lint | make bench | make screenshots
 # Each installs what it needs into .venv first (idempotent; re-runs when pyproject.toml changes).
 
 PYTHON ?= python3
@@ -12,7 +12,7 @@ CHROMIUM    := /usr/bin/chromium
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: install browser run test test-unit lint format bench clean
+.PHONY: install browser run demo test test-unit lint format bench screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,23 @@ browser:
 	  || { $(SUDO) apt-get update -qq && $(APT_INSTALL) chromium >/dev/null; }; \
 	}
 
+ACTIVATE_HINT := echo "The enclave and openai commands are in $(VENV)/bin: in another shell, run 'source $(VENV)/bin/activate' first."
+
 run: install
+	@$(ACTIVATE_HINT)
 	$(BIN)/enclave serve
+
+# The hr-assistant example, self-contained: the mock HR API on 127.0.0.1:8090 and the
+# server with the example's config (apps may send HR_TOKEN; loopback allowed), which
+# both get HR_TOKEN. Ctrl-C stops both.
+HR_TOKEN ?= demo-hr-token
+DEMO_PORT ?= 8080
+demo: install
+	@$(ACTIVATE_HINT)
+	@export HR_TOKEN='$(HR_TOKEN)'; \
+	$(BIN)/python examples/hr-assistant/mock_hr_api.py --port 8090 & hr=$$!; \
+	trap 'kill $$hr 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/enclave serve --port $(DEMO_PORT) --config examples/hr-assistant/enclave.yaml
 
 test: install browser
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -55,6 +70,12 @@ bench: install
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/knowledge.py
+
+# Screenshots: the browser tests write build/screenshots/ (ignored by git, so `make test`
+# leaves the tree clean); this copies them over the ones docs/ui.md shows.
+screenshots: install browser
+	$(BIN)/pytest tests/browser -q $(PYTEST_ARGS)
+	cp build/screenshots/*.png docs/ui/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

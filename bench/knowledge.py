@@ -65,6 +65,11 @@ parser.add_argument(
     "--threshold", type=float, default=0.3, help="quality: the threshold checked on the corpus"
 )
 parser.add_argument("--load-threads", type=int, default=2, help="batches loaded in parallel")
+parser.add_argument(
+    "--embed-dtypes",
+    default="float32,auto",
+    help="ingest once per runner.embed_dtype, in this order (auto: bf16 where the CPU has it)",
+)
 
 VOCABULARY = 20_000
 WORDS_PER_CHUNK = 120
@@ -304,8 +309,9 @@ INGEST_SECTIONS = 500  # one chunk each in the Markdown ingestion test
 
 
 @contextmanager
-def pipeline_app(threshold: float) -> Iterator[Any]:
-    """An in-process Enclave (FastAPI test client) with only the embedding model loaded."""
+def pipeline_app(threshold: float, embed_dtype: str = "auto") -> Iterator[Any]:
+    """An in-process Enclave (FastAPI test client) with only the embedding model loaded,
+    in its runner with ``runner.embed_dtype``."""
     from fastapi.testclient import TestClient
 
     from enclave.app import create_app
@@ -327,6 +333,7 @@ def pipeline_app(threshold: float) -> Iterator[Any]:
         ],
         default_model="all-minilm-l6-v2",
         knowledge={"threshold": threshold},
+        runner={"embed_dtype": embed_dtype},
     )
     try:
         with TestClient(create_app(settings)) as client:
@@ -364,13 +371,22 @@ def synthetic_markdown(sections: int, seed: int) -> str:
 
 
 def bench_ingest(args: argparse.Namespace) -> None:
+    """Ingestion once per embedding dtype: float32 first is the before, in the same run."""
+    for dtype in args.embed_dtypes.split(","):
+        bench_ingest_with(args, dtype)
+
+
+def bench_ingest_with(args: argparse.Namespace, dtype: str) -> None:
     from enclave.knowledge.chunking import iter_chunks
     from enclave.knowledge.extract import extract
     from enclave.knowledge.jobs import embedding_input
     from enclave.testing.documents import write_pdf
 
-    print("\n== ingestion throughput (in-process server, all-MiniLM-L6-v2 on CPU)")
-    with pipeline_app(0.3) as client:
+    print(
+        "\n== ingestion throughput (in-process server, all-MiniLM-L6-v2 on CPU, "
+        f"runner.embed_dtype={dtype})"
+    )
+    with pipeline_app(0.3, dtype) as client:
         client.post("/api/knowledge", json={"name": "bench"}).raise_for_status()
         # Baseline in the same run: the embedding model alone on the same chunks.
         markdown = synthetic_markdown(INGEST_SECTIONS, args.seed)

@@ -1,6 +1,7 @@
 """The local runner's costs: decode speed through it, recovery after SIGKILL, bf16 embedding.
 
-Plain and linear. In one run, on this machine:
+Plain and linear. The client side runs on uvloop, as the control plane does
+under uvicorn. In one run, on this machine:
 
   a. decode tokens/s of one stream through a runner process (RunnerProvider ->
      HTTP -> LlamaCppProvider) against llama-cpp-python called directly in this
@@ -9,7 +10,12 @@ Plain and linear. In one run, on this machine:
      last token. Target: runner/direct >= 0.95.
   b. time from SIGKILL of the runner until the next answer (a 4-token generation
      admitted through the same RunnerProvider, which waits for the restart).
-  c. the embedder (all-MiniLM-L6-v2) in float32 and in bf16 autocast: chunks/s
+  c. aggregate tokens/s of --streams concurrent streams against one stream, through
+     a runner with that many slots (threads per slot: cores / slots, the default)
+     and directly (as many Llama contexts with those threads, one thread each),
+     interleaved; tokens over the wall time from the first request to the last
+     token, prompt included.
+  d. the embedder (all-MiniLM-L6-v2) in float32 and in bf16 autocast: chunks/s
      on the same chunks, and the lowest cosine between the two.
 
     .venv/bin/python bench/runners.py
@@ -22,9 +28,11 @@ import os
 import signal
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import llama_cpp
 import numpy as np
+import uvloop
 from llama_cpp import Llama
 
 from enclave.providers.base import (
@@ -46,13 +54,17 @@ from enclave.settings import InputLimitsConfig, ModelConfig, ProviderConfig, Run
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--reps", type=int, default=5, help="measured reps per side in (a)")
 parser.add_argument("--max-tokens", type=int, default=128)
+parser.add_argument("--streams", type=int, default=8, help="concurrent streams in (c)")
+parser.add_argument("--stream-reps", type=int, default=3, help="measured reps per side in (c)")
 parser.add_argument("--kills", type=int, default=3, help="SIGKILLs measured in (b)")
-parser.add_argument("--chunks", type=int, default=128, help="chunks embedded per rep in (c)")
+parser.add_argument("--chunks", type=int, default=128, help="chunks embedded per rep in (d)")
 parser.add_argument("--seed", type=int, default=1234)
 args = parser.parse_args()
 
 cores = len(os.sched_getaffinity(0))
 RUNNER = RunnerConfig(slots=1, threads=cores)
+SLOTS = RunnerConfig(slots=args.streams)  # threads per slot: cores // slots, at least 1
+SLOT_THREADS = max(1, cores // args.streams)
 MODEL = ModelConfig(name="smollm2-135m", path="builtin:smollm2", n_ctx=2048)
 PROVIDER = ProviderConfig(name="local", type="llamacpp", models=[MODEL])
 MESSAGES = [
@@ -64,17 +76,22 @@ print(f"CPU path {cpu_path(read_cpu_flags())}, {cores} cores, {RUNNER.threads} t
 # -----------------------------------------------------------------------------
 # the direct side: llama-cpp-python in this process, same prompt tokens and sampling
 
-llama = Llama(
-    model_path=str(resolve_model_path(MODEL.path or "")),
-    n_ctx=MODEL.n_ctx,
-    n_batch=RUNNER.n_batch,
-    n_threads=cores,
-    n_threads_batch=cores,
-    verbose=False,
-)
+
+def load_llama(threads: int) -> Llama:
+    return Llama(
+        model_path=str(resolve_model_path(MODEL.path or "")),
+        n_ctx=MODEL.n_ctx,
+        n_batch=RUNNER.n_batch,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
 
 
-def run_direct(tokens: list[int], seed: int) -> tuple[int, float]:
+llama = load_llama(cores)
+
+
+def run_direct(tokens: list[int], seed: int, llama: Llama = llama) -> tuple[int, float]:
     """(tokens decoded, seconds from first to last token) for one generation."""
     llama.set_seed(seed)
     vocab = llama._model.vocab
@@ -87,6 +104,23 @@ def run_direct(tokens: list[int], seed: int) -> tuple[int, float]:
         llama.detokenize([token])
         stamps.append(time.perf_counter())
     return len(stamps), stamps[-1] - stamps[0]
+
+
+def direct_streams(slots: list[Llama], tokens: list[int], seed: int) -> float:
+    """Aggregate tokens/s of one generation on each of ``slots`` at once, one thread each."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(slots)) as pool:
+        counts = list(
+            pool.map(lambda i: run_direct(tokens, seed + i, slots[i])[0], range(len(slots)))
+        )
+    return sum(counts) / (time.perf_counter() - started)
+
+
+async def runner_streams(provider: RunnerProvider, streams: int, seed: int) -> float:
+    """Aggregate tokens/s of ``streams`` concurrent generations through ``provider``."""
+    started = time.perf_counter()
+    results = await asyncio.gather(*(run_runner(provider, seed + i) for i in range(streams)))
+    return sum(n for n, _, _ in results) / (time.perf_counter() - started)
 
 
 async def run_runner(provider: RunnerProvider, rep: int) -> tuple[int, float, list[int]]:
@@ -167,16 +201,52 @@ async def main() -> None:
     print(f"median {statistics.median(recoveries):.2f} s (restarts so far: {supervisor.restarts})")
     await provider.close()
 
+    # -- c. concurrent streams against one stream, same slots, interleaved (after the
+    # one-slot runner is closed, so two runners never share the cores)
+    n = args.streams
+    print(
+        f"\n== c. aggregate tokens/s, {n} concurrent streams against 1 ({n} slots x "
+        f"{SLOT_THREADS} thread{'s' if SLOT_THREADS > 1 else ''})"
+    )
+    supervisor = LocalRunner("local", [PROVIDER], SLOTS, InputLimitsConfig())
+    provider = RunnerProvider("local", supervisor, restart_wait_s=120)
+    await provider.start()
+    slots = [load_llama(SLOT_THREADS) for _ in range(n)]
+    await runner_streams(provider, n, args.seed)  # warm-up: every slot once
+    await asyncio.to_thread(direct_streams, slots, tokens, args.seed)
+    rates: dict[str, list[float]] = {
+        "runner 1": [],
+        f"runner {n}": [],
+        "direct 1": [],
+        f"direct {n}": [],
+    }
+    for rep in range(args.stream_reps):
+        seed = args.seed + 100 * rep
+        rates["runner 1"].append(await runner_streams(provider, 1, seed))
+        rates["direct 1"].append(await asyncio.to_thread(direct_streams, slots[:1], tokens, seed))
+        rates[f"runner {n}"].append(await runner_streams(provider, n, seed))
+        rates[f"direct {n}"].append(await asyncio.to_thread(direct_streams, slots, tokens, seed))
+    medians = {key: statistics.median(values) for key, values in rates.items()}
+    for key, values in rates.items():
+        print(f"{key:>9}: {' '.join(f'{x:.1f}' for x in values)} tok/s, median {medians[key]:.1f}")
+    print(
+        f"{n} streams / 1: runner {medians[f'runner {n}'] / medians['runner 1']:.2f}, "
+        f"direct {medians[f'direct {n}'] / medians['direct 1']:.2f}; runner/direct at {n} "
+        f"streams = {medians[f'runner {n}'] / medians[f'direct {n}']:.3f}"
+    )
+    await provider.close()
+    del slots
+
 
 STABLE_PAUSE_S = 0.5
-asyncio.run(main())
+uvloop.run(main())
 
 # -----------------------------------------------------------------------------
-# c. the embedder, float32 against bf16 autocast, same chunks
+# d. the embedder, float32 against bf16 autocast, same chunks
 
 
 async def embed_rates() -> None:
-    print("\n== c. embedder chunks/s, float32 against bf16 autocast (all-MiniLM-L6-v2)")
+    print("\n== d. embedder chunks/s, float32 against bf16 autocast (all-MiniLM-L6-v2)")
     rng = np.random.default_rng(args.seed)
     words = ["".join(rng.choice(list("abcdefghijklmnoprstu"), size=6)) for _ in range(3000)]
     chunks = [

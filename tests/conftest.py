@@ -28,6 +28,31 @@ class ScriptedApp:
         return {"Authorization": f"Bearer {key}"}
 
 
+def without_enclave_variables(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` less every ENCLAVE_* variable (a developer's exported ENCLAVE_HOME,
+    ENCLAVE_URL, ENCLAVE_API_KEY... must not reach the code under test)."""
+    return {name: value for name, value in environ.items() if not name.startswith("ENCLAVE_")}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before any fixture, session-scoped servers included, reads the environment.
+    for name in list(os.environ):
+        if name.startswith("ENCLAVE_"):
+            del os.environ[name]
+
+
+@pytest.fixture(autouse=True)
+def hermetic_environment(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test: no ENCLAVE_* variable from the shell, and a temporary ENCLAVE_HOME,
+    so nothing reads or writes ~/.local/share/enclave."""
+    for name in list(os.environ):
+        if name.startswith("ENCLAVE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ENCLAVE_HOME", str(tmp_path_factory.mktemp("enclave-home")))
+
+
 @pytest.fixture
 def enclave_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh ENCLAVE_HOME in the environment, with every other ENCLAVE_* variable unset."""

@@ -29,6 +29,7 @@ from enclave.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from enclave.api.openai import routes as openai_routes
 from enclave.api.openapi import install_openapi
 from enclave.api.platform import routes as platform_routes
+from enclave.api.runners import routes as runner_routes
 from enclave.apps.actions import ActionStore
 from enclave.apps.runner import AppRunner
 from enclave.apps.service import AppService
@@ -52,6 +53,8 @@ from enclave.knowledge.service import Embedder, KnowledgeService
 from enclave.knowledge.store import open_store
 from enclave.metrics import Metrics
 from enclave.providers.registry import ModelRegistry
+from enclave.runners.control import RunnerControl
+from enclave.runners.fleet import RunnerFleet
 from enclave.settings import Settings, resolve_secret
 from enclave.storage.db import open_database
 from enclave.ui import pages as ui_pages
@@ -182,6 +185,15 @@ def start_apps(services: Services, sessions: sessionmaker[Session]) -> None:
     )
 
 
+async def start_runners(services: Services, sessions: sessionmaker[Session]) -> RunnerFleet:
+    """Joined runners and the placement loop that loads deployments on them."""
+    settings = services.settings
+    control = RunnerControl.build(settings, sessions, services.metrics)
+    fleet = RunnerFleet(control, services.gateway.routing, settings.remote_runners)
+    await fleet.start()
+    return fleet
+
+
 def announce_admin_key(secret: str) -> None:
     # Printed to the terminal once, deliberately not logged.
     print(
@@ -249,10 +261,14 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
         )
         start_knowledge(services, sessions)
         start_apps(services, sessions)
+        services.runners = await start_runners(services, sessions)
+        app.state.runner_control = services.runners.control
         log.info("models ready: %s", ", ".join(gateway.routing.targets))
         try:
             yield
         finally:
+            if services.runners is not None:
+                await services.runners.close()
             if services.apps_http is not None:
                 await services.apps_http.aclose()
             if services.ingestion is not None:
@@ -288,6 +304,7 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     app.include_router(apps_routes.actions)
     app.include_router(conversation_routes.router)
     app.include_router(admin_routes.router)
+    app.include_router(runner_routes.joining)
     app.include_router(ui_auth.router)
     # The web UI: pages at /, /login, /knowledge, /apps, /admin; its files at /static.
     app.include_router(ui_pages.router)

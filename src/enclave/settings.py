@@ -92,6 +92,9 @@ class StrictModel(BaseModel):
 
 DEFAULT_CLASSIFICATIONS = ["public", "internal", "confidential", "secret"]
 LOCAL_PROVIDER_TYPES = ("llamacpp", "sentence-transformers")
+# An embedded chat model's answer stops here unless the request or the model says otherwise:
+# a tiny model that loops would otherwise generate until its context is full (minutes).
+EMBEDDED_MAX_TOKENS_DEFAULT = 1024
 DEFAULT_DETECTORS: dict[str, str | None] = {
     "api_key": "secret",
     "private_key": "secret",
@@ -120,6 +123,14 @@ class ModelConfig(StrictModel):
     n_ctx: int = Field(4096, ge=256, le=131072, description="Context window in tokens.")
     embeddings: bool = Field(
         False, description="Upstream providers: the model serves /v1/embeddings, not chat."
+    )
+    max_tokens_default: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Tokens a chat answer may generate when the request sets no max_tokens; "
+            "default: 1024 for embedded models (a looping answer stops), none for upstreams."
+        ),
     )
 
     @model_validator(mode="before")
@@ -169,6 +180,10 @@ class ProviderConfig(StrictModel):
             missing = [model.name for model in self.models if model.path is None]
             if missing:
                 raise ValueError(f"models of a '{self.type}' provider need a path: {missing}")
+            if self.type == "llamacpp":
+                for model in self.models:
+                    if model.max_tokens_default is None:
+                        model.max_tokens_default = EMBEDDED_MAX_TOKENS_DEFAULT
         else:
             if not self.base_url or not self.base_url.startswith(("http://", "https://")):
                 raise ValueError("an 'openai' provider needs base_url: http(s)://host/v1")
@@ -248,6 +263,22 @@ class RunnerConfig(StrictModel):
         ge=0,
         le=600,
         description="How long a new request waits for a restarting runner before a 502.",
+    )
+    llama_server_path: str | None = Field(
+        None,
+        description="Joined runners: the llama-server binary; default: llama-server on PATH.",
+    )
+    llama_server_args: list[str] = Field(
+        default_factory=list,
+        description="Joined runners: extra llama-server arguments (e.g. ['-ngl', '99']).",
+    )
+    vllm_path: str | None = Field(
+        None,
+        description="Joined runners: the vllm binary; default: the installed vllm package's CLI.",
+    )
+    vllm_args: list[str] = Field(
+        default_factory=list,
+        description="Joined runners: extra 'vllm serve' arguments.",
     )
 
 
@@ -486,6 +517,29 @@ def _check_duration(value: str | None) -> str | None:
     return value
 
 
+class RemoteRunnersConfig(StrictModel):
+    """How the control plane talks to runners that join it (``enclave runner --join``)."""
+
+    heartbeat_interval_s: float = Field(
+        2.0, gt=0, le=60, description="How often a joined runner sends its figures."
+    )
+    heartbeat_timeout_s: float = Field(
+        6.0, gt=0, le=600, description="A runner silent this long is down; nothing goes to it."
+    )
+    ca_file: str | None = Field(
+        None,
+        description=(
+            "PEM bundle that verifies runners serving HTTPS (--tls-cert); null: the system's CAs."
+        ),
+    )
+    load_wait_s: float = Field(
+        120.0,
+        ge=0,
+        le=3600,
+        description="How long a request waits for a keep_alive deployment to load on first use.",
+    )
+
+
 class DeploymentConfig(StrictModel):
     """A model the control plane keeps served on runners (``deployments:``).
 
@@ -629,6 +683,7 @@ class Settings(BaseSettings):
     ui: UiConfig = Field(default_factory=UiConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     input_limits: InputLimitsConfig = Field(default_factory=InputLimitsConfig)
+    remote_runners: RemoteRunnersConfig = Field(default_factory=RemoteRunnersConfig)
     deployments: list[DeploymentConfig] = Field(
         default_factory=list,
         description="Models placed on runners by memory; `enclave deployments apply` adds more.",
@@ -750,8 +805,9 @@ class Settings(BaseSettings):
                 f"'{knowledge.embedding_model}' is not a configured model "
                 f"(known: {', '.join(sorted(bare))})",
             )
-        if self.default_model not in bare | qualified | set(self.aliases):
-            known = ", ".join(sorted(bare | set(self.aliases))) or "none"
+        deployed = {deployment.model for deployment in self.deployments}
+        if self.default_model not in bare | qualified | set(self.aliases) | deployed:
+            known = ", ".join(sorted(bare | set(self.aliases) | deployed)) or "none"
             raise FieldProblem(
                 ("default_model",),
                 f"'{self.default_model}' is not a configured model or alias (known: {known})",

@@ -5,16 +5,17 @@ drives the pages by their accessible names (the UI contract): the cookie
 flags, streaming and Stop on the embedded model, an upload that gets indexed
 and a cited answer, a confirmed app action that reaches the example's HR API,
 the admin gate, hostile model output shown as text, and a phone-width layout.
-Every wait is bounded. The tests also save the screenshots in ``docs/ui/``
-and list them in ``docs/ui.md``.
+Every wait is bounded. The tests save screenshots in ``build/screenshots/``
+(ignored by git, so ``make test`` leaves the tree clean); ``make screenshots``
+copies them over the ones ``docs/ui.md`` shows.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,8 @@ pytestmark = [pytest.mark.model, pytest.mark.browser]
 ANSWER_S = 120  # the longest wait for a model's answer
 ANSWER_MS = ANSWER_S * 1000
 
-SHOTS = ROOT / "docs" / "ui"
-UI_DOC = ROOT / "docs" / "ui.md"
-MARKER = "<!-- screenshots: written by tests/browser -->"
-# File stem -> caption, in the order docs/ui.md lists them.
+SHOTS = ROOT / "build" / "screenshots"
+# File stem -> caption, as docs/ui.md shows them (docs/ui/<stem>.png).
 SCREENSHOTS = {
     "login": "Sign in with an API key",
     "chat": "Chat with a cited answer",
@@ -75,27 +74,6 @@ def shoot(page: Page, name: str) -> None:
     assert name in SCREENSHOTS
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True, animations="disabled")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def screenshot_section() -> Iterator[None]:
-    """After the module: list the screenshots that exist in docs/ui.md."""
-    yield
-    lines = [
-        f"![{caption}](ui/{name}.png)"
-        for name, caption in SCREENSHOTS.items()
-        if (SHOTS / f"{name}.png").exists()
-    ]
-    if not lines:
-        return
-    section = MARKER + "\n\n" + "\n\n".join(lines) + "\n"
-    text = UI_DOC.read_text() if UI_DOC.exists() else "# Web UI\n"
-    if MARKER in text:
-        updated = text[: text.index(MARKER)] + section
-    else:
-        updated = text.rstrip("\n") + "\n\n## Screenshots\n\n" + section
-    if updated != text:
-        UI_DOC.write_text(updated)
 
 
 def messages(page: Page) -> Locator:
@@ -170,6 +148,12 @@ def latest_conversation(page: Page) -> dict[str, Any]:
     return conversation
 
 
+def box(locator: Locator) -> dict[str, float]:
+    found = locator.bounding_box()
+    assert found is not None, f"{locator} is not displayed"
+    return {side: float(found[side]) for side in ("x", "y", "width", "height")}
+
+
 def no_horizontal_scroll(page: Page) -> None:
     sizes = page.evaluate("() => [document.scrollingElement.scrollWidth, window.innerWidth]")
     assert sizes[0] <= sizes[1], f"{page.url}: content {sizes[0]} px wide in a {sizes[1]} px page"
@@ -230,6 +214,10 @@ def test_sign_in_sets_a_strict_http_only_session_cookie(
 
 def test_a_chat_streams_tokens_and_stop_keeps_the_partial_answer(signed_in: OpenPage) -> None:
     page, problems = signed_in()
+    # Only models that chat are offered: the embedding model would answer with an error.
+    offered = page.get_by_label("Model", exact=True).locator("option")
+    expect(offered.filter(has_text="smollm2-135m")).to_have_count(1)
+    assert "all-minilm-l6-v2" not in offered.all_inner_texts()
     new_chat(page, "smollm2-135m")
     message = send(page, "Tell me a very long story about a dragon who learns to bake bread.")
     first = wait_streaming_with_text(page)
@@ -285,6 +273,11 @@ def test_an_uploaded_document_is_indexed_searched_and_cited(
     base.first.click()
     zone = page.get_by_role("region", name="Upload documents")
     expect(zone).to_be_visible()
+    # "Choose files" once: the label is the control, the native input (which would
+    # say "Choose Files" again) is visually hidden.
+    expect(zone.get_by_text("Choose files", exact=True)).to_be_visible()
+    native = box(zone.locator("input[type=file]"))
+    assert native["width"] <= 1 and native["height"] <= 1, native
 
     leave = tmp_path / "leave.md"
     leave.write_text(LEAVE)
@@ -346,6 +339,9 @@ def test_an_uploaded_document_is_indexed_searched_and_cited(
     dialog = page.get_by_role("dialog", name=f"Citation {number}")
     expect(dialog).to_be_visible()
     expect(dialog).to_contain_text(document)
+    # No bare fused score ("Score 0.033"): relevance, explained.
+    expect(dialog).not_to_contain_text("Score")
+    expect(dialog).to_contain_text(re.compile(r"Relevance\s*\d+% similar to the question"))
     cited = latest_conversation(page)["messages"][-1]["extra"]["citations"]
     [quote] = [c["quote"] for c in cited if c["number"] == number]
     source = {"leave.md": LEAVE, "canteen.txt": CANTEEN}[document]
@@ -360,12 +356,44 @@ def test_an_uploaded_document_is_indexed_searched_and_cited(
     problems.assert_none()
 
 
+def test_a_failed_document_can_be_removed(signed_in: OpenPage, tmp_path: Path) -> None:
+    page, problems = signed_in(path="/knowledge")
+    page.get_by_label("New knowledge base name", exact=True).fill("ui-broken")
+    page.get_by_role("button", name="Create").click()
+    base = page.get_by_role("link", name="ui-broken", exact=True).or_(
+        page.get_by_role("button", name="ui-broken", exact=True)
+    )
+    base.first.click()
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4 this is not really a PDF")
+    zone = page.get_by_role("region", name="Upload documents")
+    zone.get_by_label("Choose files", exact=True).set_input_files(str(broken))
+    documents = page.get_by_role("table", name="Documents")
+    row = documents.get_by_role("row").filter(has_text="broken.pdf")
+    expect(row).to_contain_text("failed", timeout=ANSWER_MS)
+    row.get_by_role("button", name="Remove broken.pdf").click()
+    expect(documents.get_by_role("row").filter(has_text="broken.pdf")).to_have_count(0)
+    listed = page.request.get("/api/knowledge/ui-broken/documents")
+    assert listed.ok and listed.json()["data"] == []
+    problems.assert_none()
+
+
 def test_a_pending_app_action_runs_only_after_confirm(
     signed_in: OpenPage, hr_app: str, hr_api: str
 ) -> None:
     page, problems = signed_in(path=f"/apps/{hr_app}")
     expect(page.get_by_role("heading", name=hr_app).first).to_be_visible()
-    expect(page.get_by_label("App YAML", exact=True)).to_contain_text("kind: App")
+    definition = page.get_by_label("App YAML", exact=True)
+    expect(definition).to_contain_text("kind: App")
+    # The avatar's data URI is folded, and the image is shown beside the definition.
+    expect(definition).to_contain_text(
+        re.compile(r"avatar: data:image/png;base64,\S{16}… \(\d+ KiB")
+    )
+    assert max(len(word) for word in definition.inner_text().split()) < 120
+    pictured = page.get_by_role("region", name="Definition").get_by_role(
+        "img", name=f"{hr_app} avatar"
+    )
+    expect(pictured).to_be_visible()
     expect(page.get_by_role("heading", name="Test results")).to_be_visible()
     results = page.get_by_role("table").filter(has_text="capital needs no API")
     expect(results.get_by_role("row")).to_have_count(5)  # a header and the example's 4 tests
@@ -418,6 +446,24 @@ def test_the_admin_page_and_the_app_store(signed_in: OpenPage, hr_app: str) -> N
     expect(page.get_by_role("status", name="Verification")).to_contain_text(
         re.compile(r"^\s*Chain OK"), timeout=30_000
     )
+    # At 1280 px the audit table fits its box: the Status column is inside, nothing scrolls.
+    audit = page.locator("table.audit")
+    expect(audit.locator("tbody tr").first).to_be_visible()
+    status = box(audit.get_by_role("columnheader", name="Status"))
+    scroller = box(audit.locator("xpath=.."))
+    assert status["x"] + status["width"] <= scroller["x"] + scroller["width"] + 0.5, (
+        status,
+        scroller,
+    )
+    widths = audit.locator("xpath=..").evaluate("(el) => [el.scrollWidth, el.clientWidth]")
+    assert widths[0] <= widths[1], f"the audit table scrolls sideways: {widths}"
+    # The usage chart's date labels do not overlap.
+    labels = page.locator(".usage-chart text.axis-label[text-anchor=middle]")
+    shown = [box(label) for label in labels.all() if label.is_visible()]
+    assert len(shown) >= 4, shown  # a label a week, today's included
+    for left, right in itertools.pairwise(shown):
+        assert left["x"] + left["width"] <= right["x"], (left, right)
+    no_horizontal_scroll(page)
     shoot(page, "admin")
 
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Apps").click()

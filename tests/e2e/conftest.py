@@ -17,6 +17,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from tests.conftest import without_enclave_variables
+
 ADMIN_KEY = "ek-e2e-admin-key-0123456789abcdef"
 ENCLAVE = str(Path(sys.executable).parent / "enclave")
 EXAMPLE = Path(__file__).parents[2] / "examples" / "hr-assistant"
@@ -60,8 +62,12 @@ class Server:
 def start_server(home: Path, config: str | None = None, **env_overrides: str) -> Server:
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = {**os.environ, "ENCLAVE_HOME": str(home), "ENCLAVE_LOG_LEVEL": "info"}
-    env.pop("ENCLAVE_CONFIG", None)
+    # No ENCLAVE_* variable from the shell reaches the server; only what the test sets.
+    env = {
+        **without_enclave_variables(dict(os.environ)),
+        "ENCLAVE_HOME": str(home),
+        "ENCLAVE_LOG_LEVEL": "info",
+    }
     env.update(env_overrides)
     args = [ENCLAVE, "serve", "--port", str(port)]
     if config is not None:

@@ -272,7 +272,26 @@ def test_apply_with_tests_applies_only_when_they_pass(
     else:
         assert result.exit_code == 1
         assert "hr-assistant: tests failed, not applied" in result.stderr
-        assert fake.requests == []
+        # Only the validation before the tests reached the server; nothing was applied.
+        assert [(m, body["dry_run"]) for m, _, body in fake.requests] == [("PUT", True)]
+        assert fake.current == {}
+
+
+def test_apply_with_tests_validates_on_the_server_before_running_them(
+    fake: FakeAppServer, app_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spec the server refuses (here an unknown model; in the README's case a header
+    secret outside apps.secret_env) fails at once, not after minutes of tests."""
+    gated: list[str] = []
+    monkeypatch.setattr(
+        "enclave.apps.evals.gate.run_gate", lambda _c, m, **_: gated.append(m.name) or True
+    )
+    manifest = app_dir / "hr.yaml"
+    manifest.write_text(manifest.read_text().replace("model: default", "model: missing"))
+    result = run("apply", "-f", str(manifest), "--test")
+    assert result.exit_code != 0
+    assert gated == []
+    assert fake.current == {}
 
 
 def test_export_applies_back_unchanged(fake: FakeAppServer, app_dir: Path) -> None:

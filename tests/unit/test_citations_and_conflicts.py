@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enclave.knowledge.citations import cite
 from enclave.knowledge.conflicts import compatible, extract_values, find_disagreement
+from enclave.knowledge.prompt_markup import MarkupStripper, strip_prompt_markup
 from enclave.knowledge.retrieval import Retrieved
 from enclave.knowledge.service import Passage
 from enclave.knowledge.store.base import ChunkRow
@@ -141,3 +142,38 @@ def test_agreeing_or_off_topic_passages_do_not_disagree() -> None:
     assert find_disagreement("When was the Öresund Bridge opened?", [OPENED_2000, other]) is None
     same_doc = passage("The Öresund Bridge was opened to traffic in 2001.", 1, "bridge-a.md")
     assert find_disagreement("When was the Öresund Bridge opened?", [OPENED_2000, same_doc]) is None
+
+
+def test_different_quantities_of_the_same_unit_do_not_disagree() -> None:
+    annual = passage("Employees get 25 days of annual leave per year.", 2, "annual.md")
+    found = find_disagreement("How many days of parental leave?", [LEAVE, annual])
+    assert found is None
+    other_parental = passage("Employees receive 390 days of parental leave.", 3, "old.md")
+    found = find_disagreement("How many days of parental leave?", [LEAVE, annual, other_parental])
+    assert found is not None and found.kind == "amount"
+    assert [c.passage.document_name for c in found.contradicting] == ["old.md"]
+
+
+def test_a_quote_is_never_a_bare_heading() -> None:
+    chunk = passage(
+        "# Annual leave\n\nEmployees get 25 days of annual leave per year.\n\n"
+        "## Parental leave\nParents get 480 days per child.",
+        1,
+        "handbook.md",
+    )
+    _, citations = cite("You get 25 days of annual leave [1].", [chunk])
+    assert citations[0].quote == "Employees get 25 days of annual leave per year."
+    _, citations = cite("Parental leave is 480 days [1].", [chunk])
+    assert citations[0].quote == "Parents get 480 days per child."
+    assert not any(c.quote.lstrip().startswith("#") for c in citations)
+
+
+def test_the_prompts_markup_and_markers_for_missing_passages_are_stripped() -> None:
+    raw = '<source id="1" from="leave.md">Leave is 480 days [1][2]. </source>Shared [2, 1].'
+    assert strip_prompt_markup(raw, 1) == "Leave is 480 days [1]. Shared [1]."
+    assert strip_prompt_markup("Keep [1] and [2].", 2) == "Keep [1] and [2]."
+    stripper = MarkupStripper(1)
+    pieces = ["Hello <so", 'urce id="1" from', '="x">Leave', " is 480 [", "2] days [1", "]. a < b"]
+    pieces += ["</sour", "ce>"]
+    out = "".join(stripper.feed(piece) for piece in pieces) + stripper.flush()
+    assert out == "Hello Leave is 480 days [1]. a < b"

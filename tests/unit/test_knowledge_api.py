@@ -7,7 +7,9 @@ real (SQLite, FTS5, sqlite-vec, the ingestion worker) without loading a model.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -285,6 +287,49 @@ def test_unchanged_files_are_skipped_and_changed_ones_replace_their_chunks(
     assert len(listed) == 1
 
 
+def test_a_running_ingestion_reports_its_total_rate_and_eta(
+    kapp: KnowledgeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a document is embedded, the document says how far it is, how fast and how long
+    it still needs, and the base counts the chunks already embedded."""
+    knowledge = kapp.client.app.state.services.knowledge  # type: ignore[attr-defined]
+    monkeypatch.setattr(knowledge.config, "embed_batch", 1)
+    gate = threading.Event()
+    bulk_calls = []
+    embed = kapp.provider.embed
+
+    async def held_embed(model: str, inputs: Any, *, priority: Any = "interactive") -> Any:
+        if priority == "bulk":
+            bulk_calls.append(len(inputs))
+            if len(bulk_calls) > 2:  # two batches go through, then it waits
+                await asyncio.to_thread(gate.wait, 20)
+        return await embed(model, inputs, priority=priority)
+
+    monkeypatch.setattr(kapp.provider, "embed", held_embed)
+    kapp.create("big")
+    text = "\n\n".join(f"## Part {n}\n\n" + f"Paragraph {n} about leave. " * 60 for n in range(6))
+    document_id = kapp.upload("big", "big.md", text)["document"]["id"]
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            document = kapp.client.get(
+                f"/api/knowledge/big/documents/{document_id}", headers=kapp.auth()
+            ).json()
+            if document["status"] == "embedding" and document["progress"] >= 2:
+                break
+            assert time.monotonic() < deadline, document
+            time.sleep(0.05)
+        assert document["progress_total"] > document["progress"]
+        assert document["chunks_per_s"] > 0 and document["eta_s"] > 0
+        [base] = kapp.client.get("/api/knowledge", headers=kapp.auth()).json()["data"]
+        assert base["chunks"] == 0 and base["chunks_ingesting"] == document["progress"]
+    finally:
+        gate.set()
+    done = kapp.wait("big", document_id)
+    assert done["status"] == "indexed" and done["chunks"] == document["progress_total"]
+    assert done["progress_total"] is None and done["eta_s"] is None
+
+
 def test_deleting_a_document_removes_its_chunks(kapp: KnowledgeApp) -> None:
     kapp.create("hr")
     document = kapp.add("hr", "leave.md", LEAVE)
@@ -390,6 +435,44 @@ def test_a_grounded_stream_ends_with_its_citations(kapp: KnowledgeApp) -> None:
         if json.loads(e)["choices"]
     )
     assert text == "Employees get 480 days [1]."
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_prompts_markup_never_reaches_the_answer(kapp: KnowledgeApp, stream: bool) -> None:
+    """Echoed <source> tags and a marker for a passage that was not given ([9]) are taken
+    out, streamed (the tag split over pieces) or not."""
+    kapp.create("hr")
+    kapp.add("hr", "leave.md", LEAVE)
+    kapp.provider.script = Script(
+        words=[
+            '<source id="1" fr',
+            'om="leave.md">Employees get ',
+            "480 days [1][",
+            "9].",
+            "</source>",
+        ]
+    )
+    body = {
+        "model": "scripted",
+        "stream": stream,
+        "messages": [{"role": "user", "content": "parental leave days per child?"}],
+        "enclave": {"knowledge": ["hr"]},
+    }
+    if stream:
+        with kapp.client.stream(
+            "POST", "/v1/chat/completions", json=body, headers=kapp.auth()
+        ) as response:
+            events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        chunks = [json.loads(e) for e in events[:-1]]
+        text = "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+        )
+    else:
+        answer = kapp.client.post("/v1/chat/completions", json=body, headers=kapp.auth())
+        assert answer.status_code == 200, answer.text
+        text = answer.json()["choices"][0]["message"]["content"]
+    assert text.strip() == "Employees get 480 days [1]."
+    assert "source" not in text and "[9]" not in text
 
 
 def test_nothing_relevant_means_an_honest_abstention_without_the_model(kapp: KnowledgeApp) -> None:

@@ -9,6 +9,7 @@ control plane above it is the ordinary in-process app.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
@@ -19,13 +20,17 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 
 from enclave.app import create_app
 from enclave.errors import ModelNotFound, ProviderError, QueueFull
 from enclave.providers.base import (
     ChatMessage,
     Finished,
+    GenerationEvent,
     GenerationRequest,
     ModelCard,
     ResponseFormat,
@@ -267,3 +272,81 @@ def test_a_runner_that_is_down_fails_admission_with_a_502(
         ready = c.get("/readyz")
         assert ready.status_code == 503
         assert "restarting" in ready.json()["checks"]["provider:scripted"]
+
+
+# -- framing: events arrive in network reads of any size -----------------------------
+
+STREAM_EVENTS: list[GenerationEvent] = [
+    *(TextDelta(word) for word in ["Bread", " is", " \u00e9t\u00e9", " \U0001f35e", "\n", " old"]),
+    ToolCallDelta(0, ToolCall("call_1", "bake", '{"loaves": 2}')),
+    Finished("tool_calls", Usage(12, 7)),
+]
+STREAM_BYTES = b"".join(orjson.dumps(protocol.event_to_wire(e)) + b"\n" for e in STREAM_EVENTS)
+
+
+@given(st.lists(st.integers(0, len(STREAM_BYTES)), max_size=12))
+def test_event_lines_parse_back_in_order_wherever_the_reads_split(cuts: list[int]) -> None:
+    bounds = [0, *sorted(cuts), len(STREAM_BYTES)]
+    lines = protocol.EventLines()
+    seen = []
+    for start, end in itertools.pairwise(bounds):
+        seen += [protocol.event_from_wire(item) for item in lines.feed(STREAM_BYTES[start:end])]
+        # nothing is parsed before its newline has arrived
+        assert len(seen) == STREAM_BYTES[:end].count(b"\n")
+    assert seen == STREAM_EVENTS
+
+
+def test_coalesced_and_split_chunks_reach_the_client_as_the_same_events() -> None:
+    """Many events in one HTTP chunk, and one event split across chunks, then an error."""
+    error = protocol.error_to_wire(ProviderError("The engine broke mid-answer."))
+    error_line = orjson.dumps({"error": error}) + b"\n"
+    middle = len(STREAM_BYTES) // 2
+
+    async def generate(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": protocol.NDJSON})
+        await response.prepare(request)
+        await response.write(STREAM_BYTES[:middle])  # several events and half of one
+        await asyncio.sleep(0.05)
+        await response.write(STREAM_BYTES[middle:-1])
+        await asyncio.sleep(0.05)
+        await response.write(STREAM_BYTES[-1:])
+        return response
+
+    async def failing(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": protocol.NDJSON})
+        await response.prepare(request)
+        await response.write(
+            b"".join(orjson.dumps(protocol.event_to_wire(e)) + b"\n" for e in STREAM_EVENTS[:3])
+            + error_line
+        )
+        return response
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_post(f"{protocol.PREFIX}/providers/ok/generate", generate)
+        app.router.add_post(f"{protocol.PREFIX}/providers/bad/generate", failing)
+        app_runner = web.AppRunner(app)
+        await app_runner.setup()
+        site = web.TCPSite(app_runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{app_runner.addresses[0][1]}"
+        try:
+            ok = RunnerProvider("ok", FixedLink(url, {}))
+            await ok.start()
+            stream = await ok.generate(GenerationRequest(model="m", prompt="x"))
+            assert [event async for event in stream] == STREAM_EVENTS
+            await ok.close()
+
+            bad = RunnerProvider("bad", FixedLink(url, {}))
+            await bad.start()
+            stream = await bad.generate(GenerationRequest(model="m", prompt="x"))
+            seen = []
+            with pytest.raises(ProviderError, match="engine broke mid-answer"):
+                async for event in stream:
+                    seen.append(event)
+            assert seen == STREAM_EVENTS[:3]  # the events before the error line, in order
+            await bad.close()
+        finally:
+            await app_runner.cleanup()
+
+    asyncio.run(scenario())

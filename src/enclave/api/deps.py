@@ -37,6 +37,7 @@ from enclave.knowledge.jobs import IngestionWorker
 from enclave.knowledge.service import KnowledgeService
 from enclave.metrics import Metrics
 from enclave.providers.registry import ModelRegistry
+from enclave.runners.fleet import RunnerFleet
 from enclave.settings import Settings
 
 
@@ -65,6 +66,8 @@ class Services:
     apps_http: httpx.AsyncClient | None = None
     # The outbound address guard for every URL the server fetches (egress.allow).
     egress: EgressGuard = field(default_factory=EgressGuard)
+    # Joined runners, their deployments and the placement loop.
+    runners: RunnerFleet | None = None
 
     def require_knowledge(self) -> KnowledgeService:
         if self.knowledge is None:

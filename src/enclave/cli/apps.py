@@ -70,11 +70,13 @@ def apply_command(
     # Tests wait for model answers, which can take minutes on a busy CPU.
     with connect(config, url, key, timeout=300.0 if test else 60.0) as client:
         reports: dict[str, Any] = {}
-        if test and not _gate(client, manifests, reports):
-            raise typer.Exit(1)
-        if len(manifests) > 1 and not dry_run:
+        if test or (len(manifests) > 1 and not dry_run):
+            # The server validates everything first (secrets it may send, addresses it may
+            # reach, knowledge bases), so a spec it would refuse fails before minutes of tests.
             for manifest in manifests:
                 _put(client, manifest, dry_run=True)
+        if test and not _gate(client, manifests, reports):
+            raise typer.Exit(1)
         for manifest in manifests:
             answer = _put(client, manifest, dry_run=dry_run)
             _report(answer, dry_run)

@@ -35,6 +35,11 @@ def settings_or_exit(config: Path | None, **overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
+def plural(count: int, word: str) -> str:
+    """ "1 chunk", "2 chunks"."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
 def progress_bar(console: Console, *, transient: bool, only_on_terminal: bool = False) -> Progress:
     """A "description, bar, done/total, elapsed" progress display on ``console``.
 

@@ -67,12 +67,31 @@ def list_keys(
 
 @app.command()
 def revoke(
-    key_id: Annotated[int, typer.Argument(help="The key's ID from `enclave keys list`.")],
+    key: Annotated[
+        str, typer.Argument(help="The key's ID or name (an active key's) from `enclave keys list`.")
+    ],
     config: ConfigOption = None,
 ) -> None:
-    """Revoke a key. A running server stops accepting it within 5 seconds."""
+    """Revoke a key. A running server stops accepting it within 5 seconds.
+
+    Example: enclave keys revoke analyst
+    """
+    service = _service(config)
     try:
-        info = _service(config).revoke(key_id)
+        if key.isdigit():
+            key_id = int(key)
+        else:
+            named = [i for i in service.list(None) if i.name == key and i.status == "active"]
+            if len(named) != 1:
+                found = "no active key" if not named else f"{len(named)} active keys"
+                typer.secho(
+                    f"error: {found} named '{key}'; give the ID from `enclave keys list`.",
+                    fg=typer.colors.RED,
+                    err=True,
+                )
+                raise typer.Exit(1)
+            key_id = named[0].id
+        info = service.revoke(key_id)
     except EnclaveError as exc:
         typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Annotated
 
 import typer
+import uvicorn
 
 from enclave.cli.common import ConfigOption, settings_or_exit
 from enclave.errors import ConfigError
@@ -37,8 +40,6 @@ def serve(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
-    import uvicorn
-
     from enclave.app import create_app
 
     try:
@@ -47,13 +48,37 @@ def serve(
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     base = f"http://{settings.host}:{settings.port}"
-    typer.echo(f"Enclave listening on {base}  (home: {settings.home})")
-    typer.echo(f"  web UI: {base}/   OpenAI-compatible API: {base}/v1")
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=5,
+    models = ", ".join(model.name for provider in settings.providers for model in provider.models)
+    typer.echo(f"Enclave is starting (home: {settings.home})")
+    typer.echo(f"  loading models: {models or 'none'}")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=settings.log_level == "debug",
+            timeout_graceful_shutdown=5,
+        )
     )
+    threading.Thread(
+        target=announce_when_ready, args=(server, base), name="announce", daemon=True
+    ).start()
+    server.run()
+
+
+def announce_when_ready(server: uvicorn.Server, base: str, every_s: float = 5.0) -> None:
+    """Print "listening" once the server accepts requests (models loaded, socket bound),
+    and how long loading has taken meanwhile."""
+    started = time.monotonic()
+    next_note = started + every_s
+    while not server.started:
+        if server.should_exit:
+            return
+        now = time.monotonic()
+        if now >= next_note:
+            typer.echo(f"  still loading ({now - started:.0f} s)")
+            next_note = now + every_s
+        time.sleep(0.1)
+    typer.echo(f"Enclave listening on {base}  (ready in {time.monotonic() - started:.0f} s)")
+    typer.echo(f"  web UI: {base}/   OpenAI-compatible API: {base}/v1")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from enclave.errors import InvalidRequest, ModelNotFound
 from enclave.gateway.classification import Levels
@@ -118,6 +119,24 @@ class Breaker:
             self.opened_at = self.clock()
 
 
+class Replicas(Protocol):
+    """Models deployed on runners (:class:`enclave.runners.fleet.RunnerFleet`).
+
+    Their replicas are ordinary targets of the table (one provider per runner,
+    with the runner's clearance and location), added and removed at run time;
+    this interface only makes sure one is loaded and orders them.
+    """
+
+    def deployed(self) -> list[str]: ...
+
+    async def ready(self, model: str) -> None:
+        """Return once ``model`` has a replica; raise ``ServiceUnavailable`` (503) if it
+        cannot get one."""
+
+    def order(self, targets: list[Target], key: str | None) -> list[Target]:
+        """The replicas in the order to try them (least loaded, prefix affinity)."""
+
+
 @dataclass
 class RoutingTable:
     """Targets by name, built from settings and the started providers."""
@@ -130,6 +149,7 @@ class RoutingTable:
     by_model: dict[str, list[Target]]  # bare name -> targets in config order
     aliases: dict[str, list[str]]
     breakers: dict[str, Breaker] = field(default_factory=dict)
+    replicas: Replicas | None = None
 
     @classmethod
     def build(
@@ -195,6 +215,39 @@ class RoutingTable:
         )
 
     def model_ids(self) -> list[tuple[str, str]]:
-        """(id, owner) for /v1/models: every bare model name once, then the aliases."""
-        listed = [(name, targets[0].provider) for name, targets in self.by_model.items()]
-        return listed + [(alias, "alias") for alias in self.aliases]
+        """(id, owner) for /v1/models: every bare model name once, the aliases, then the
+        deployed models that have no replica now (a request for one gets a clear 503)."""
+        listed = [(name, targets[0].provider) for name, targets in self.by_model.items() if targets]
+        listed += [(alias, "alias") for alias in self.aliases]
+        if self.replicas is not None:
+            names = {name for name, _ in listed}
+            listed += [(m, "deployment") for m in self.replicas.deployed() if m not in names]
+        return listed
+
+    def set_provider_targets(
+        self, provider: Provider, cards: Sequence[ModelCard], clearance: str, location: str
+    ) -> None:
+        """Replace a run-time provider's targets (a runner's replicas) with ``cards``.
+
+        Called with no cards when the runner is down or holds nothing. The
+        provider and its breaker stay known, so a request already routed to it
+        finishes (or fails) normally.
+        """
+        name = provider.name
+        self.providers[name] = provider
+        self.breakers.setdefault(name, Breaker())
+        for qualified in [q for q, t in self.targets.items() if t.provider == name]:
+            del self.targets[qualified]
+        for model in list(self.by_model):
+            kept = [t for t in self.by_model[model] if t.provider != name]
+            if kept:
+                self.by_model[model] = kept
+            else:
+                del self.by_model[model]
+        for key in [key for key in self.cards if key[0] == name]:
+            del self.cards[key]
+        for card in cards:
+            target = Target(name, card.id, clearance, location, len(self.targets))
+            self.cards[(name, card.id)] = card
+            self.targets[target.qualified] = target
+            self.by_model.setdefault(card.id, []).append(target)

@@ -60,6 +60,7 @@ from enclave.gateway.usage import UsageLedger, UsageRecord
 from enclave.inference import Generation, InferenceService
 from enclave.metrics import Metrics
 from enclave.providers.openai_upstream import OpenAIUpstream, UpstreamReply
+from enclave.runners.routing import prefix_key
 from enclave.settings import LimitsConfig, Settings, WorkspaceConfig
 from enclave.storage.batch_writer import CommitFailed
 
@@ -169,6 +170,18 @@ def request_texts(body: dict[str, Any]) -> Iterator[str]:
 
 
 AUDIT_UNAVAILABLE = "audit_unavailable"
+
+
+def conversation_key(body: dict[str, Any]) -> str | None:
+    """The prefix-affinity key of a chat request: its first two messages' text."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return None
+    texts = []
+    for message in messages[:2]:
+        content = message.get("content") if isinstance(message, dict) else None
+        texts.append(content if isinstance(content, str) else repr(content))
+    return prefix_key(texts)
 
 
 def _audit_unavailable() -> ServiceUnavailable:
@@ -449,7 +462,13 @@ class Gateway:
         decision = ledger.decision = self._classify(call, ledger, policy)
         for finding in decision.findings:
             self.metrics.detector_findings.labels(finding.type).inc()
+        replicas = self.routing.replicas
+        deployed = replicas is not None and requested in replicas.deployed()
+        if replicas is not None and deployed:
+            await replicas.ready(requested)  # a keep_alive model loads; unplaced: 503
         targets = self.routing.candidates(requested, call.capability)
+        if replicas is not None and deployed:
+            targets = replicas.order(targets, conversation_key(call.body))
         plan = self.routing.plan(targets, decision.level)
         if not plan.routes:
             raise self._denied(requested, decision, plan.excluded)

@@ -5,7 +5,11 @@ different dates for the same event, so this is done in code, cheaply:
 
 1. For each passage, take the sentence that is most about the question
    (shares the most of its content words); passages with no such sentence
-   say nothing on the point asked.
+   say nothing on the point asked. The sentence must also name the
+   question's *subject*: its content words other than units and question
+   words. "How many days of parental leave?" has the subject {parental,
+   leave}, so "25 days of annual leave" is a different quantity, not a
+   competing answer.
 2. From those sentences extract the key values of the kind the question
    asks for: dates for "when", places for "where", amounts for "how
    many/much/long", or all three kinds when the question does not say.
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from enclave.knowledge.service import Passage
-from enclave.knowledge.text import best_sentence, content_words
+from enclave.knowledge.text import best_sentence, content_words, support
 
 # How much of the question a sentence must cover to count as being about it.
 TOPIC_SUPPORT = 0.5
@@ -100,6 +104,32 @@ KIND_HINTS = (
     ),
 )
 KINDS = ("date", "place", "amount")
+# Words that say what kind of value is asked, not what it is about.
+ASKING_WORDS = frozenset(
+    {
+        "many",
+        "much",
+        "long",
+        "old",
+        "often",
+        "year",
+        "date",
+        "day",
+        "month",
+        "city",
+        "town",
+        "place",
+        "country",
+        "venue",
+        "percentage",
+        "share",
+        "number",
+        "amount",
+        "held",
+    }
+)
+# The share of the question's subject words a sentence must name (all, for up to 4 words).
+SUBJECT_SUPPORT = 0.75
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +230,21 @@ def compatible(kind: str, ours: set[str], theirs: set[str]) -> bool:
     return False
 
 
-def _topic_sentence(passage: Passage, question_words: set[str]) -> tuple[int, int] | None:
+def question_subject(question: str) -> set[str]:
+    """What the question is about: its content words less units and asking words."""
+    units = content_words(UNITS.replace("|", " ").replace("(?:", " ").replace(")?", " "))
+    return content_words(question) - units - ASKING_WORDS
+
+
+def _topic_sentence(
+    passage: Passage, question_words: set[str], subject: set[str]
+) -> tuple[int, int] | None:
     span, score = best_sentence(passage.chunk.text, question_words)
-    return span if score >= TOPIC_SUPPORT else None
+    if span is None or score < TOPIC_SUPPORT:
+        return None
+    named = content_words(passage.chunk.text[span[0] : span[1]])
+    needed = 1.0 if len(subject) <= 4 else SUBJECT_SUPPORT
+    return span if support(subject, named) >= needed else None
 
 
 def find_disagreement(question: str, passages: Sequence[Passage]) -> Disagreement | None:
@@ -211,9 +253,10 @@ def find_disagreement(question: str, passages: Sequence[Passage]) -> Disagreemen
     if not question_words or len(passages) < 2:
         return None
     kinds = [kind for kind, hint in KIND_HINTS if hint.search(question)] or list(KINDS)
+    subject = question_subject(question)
     topical = []
     for number, passage in enumerate(passages, start=1):
-        span = _topic_sentence(passage, question_words)
+        span = _topic_sentence(passage, question_words, subject)
         if span is not None:
             topical.append((number, passage, span))
     for kind in kinds:

@@ -40,6 +40,7 @@ from enclave.errors import InvalidRequest
 from enclave.gateway.service import Answer, Call, Gateway
 from enclave.knowledge.citations import Citation, cite
 from enclave.knowledge.conflicts import Disagreement, find_disagreement
+from enclave.knowledge.prompt_markup import MarkupStripper, strip_prompt_markup
 from enclave.knowledge.service import KnowledgeService, Passage
 from enclave.settings import KnowledgeConfig
 
@@ -244,7 +245,8 @@ class GroundedChat:
         for choice in payload.get("choices") or ():
             message = choice.get("message") or {}
             if isinstance(message.get("content"), str):
-                message["content"], found = cite(message["content"], passages)
+                text = strip_prompt_markup(message["content"], len(passages))
+                message["content"], found = cite(text, passages)
                 if choice.get("index", 0) == 0:
                     citations = found
         payload["citations"] = [citation.as_dict() for citation in citations]
@@ -284,11 +286,13 @@ async def _cite_stream(
 ) -> AsyncIterator[bytes]:
     """Pass a chat stream through; before ``[DONE]``, send a chunk with the citations.
 
-    The text has already gone out, so markers cannot be fixed; only the
-    citations that hold are listed.
+    The prompt's markup (``<source>`` tags, markers for passages that do not
+    exist) is taken out of the deltas as they pass. Other markers have already
+    gone out and cannot be fixed; only the citations that hold are listed.
     """
     pending = b""
     transcript = AnswerTranscript()
+    stripper = MarkupStripper(len(passages))
     try:
         async for data in stream:
             pending += data
@@ -298,6 +302,18 @@ async def _cite_stream(
             complete, pending = pending[:cut], pending[cut:]
             for event in complete.split(b"\n\n")[:-1]:
                 if event.startswith(b"data: [DONE]"):
+                    rest = stripper.flush()
+                    if rest and transcript.base:
+                        tail = sse(
+                            {
+                                **transcript.base,
+                                "choices": [
+                                    {"index": 0, "delta": {"content": rest}, "finish_reason": None}
+                                ],
+                            }
+                        )
+                        transcript.feed(tail)
+                        yield tail
                     if not transcript.failed:
                         _, citations = cite(transcript.text, passages, rewrite=False)
                         yield sse(
@@ -311,6 +327,7 @@ async def _cite_stream(
                         )
                     yield DONE
                     continue
+                event = _strip_event(event, stripper)
                 transcript.read_event(event)
                 yield event + b"\n\n"
         if pending:
@@ -319,3 +336,26 @@ async def _cite_stream(
         close = getattr(stream, "aclose", None)
         if close is not None:
             await close()
+
+
+def _strip_event(event: bytes, stripper: MarkupStripper) -> bytes:
+    """``event`` with choice 0's content delta passed through ``stripper``."""
+    if not event.startswith(b"data: {"):
+        return event
+    try:
+        chunk = orjson.loads(event[6:])
+    except orjson.JSONDecodeError:
+        return event
+    changed = False
+    if not isinstance(chunk, dict):
+        return event
+    for choice in chunk.get("choices") or ():
+        if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            content = delta.get("content")
+            if isinstance(content, str):
+                delta["content"] = stripper.feed(content)
+                changed = delta["content"] != content
+    return b"data: " + orjson.dumps(chunk) if changed else event

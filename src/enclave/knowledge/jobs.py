@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
@@ -217,14 +218,35 @@ class IngestionWorker:
         service = self.service
         config = service.config
         await asyncio.to_thread(service.store.discard_hidden, kb_id, document_id)
-        chunks = iter_chunks(
-            extracted.markdown,
-            extracted.pages,
-            max_tokens=config.chunk_tokens,
-            overlap_tokens=config.chunk_overlap,
+        # Chunked up front (cheap next to embedding; off the event loop for a big document),
+        # so progress has a total and an ETA.
+        chunks = await asyncio.to_thread(
+            lambda: list(
+                iter_chunks(
+                    extracted.markdown,
+                    extracted.pages,
+                    max_tokens=config.chunk_tokens,
+                    overlap_tokens=config.chunk_overlap,
+                )
+            )
         )
+        service.embedding[document_id] = (len(chunks), time.monotonic())
+        try:
+            return await self._embed_batches(job_id, kb_id, document_id, extracted, chunks)
+        finally:
+            service.embedding.pop(document_id, None)
+
+    async def _embed_batches(
+        self,
+        job_id: int,
+        kb_id: int,
+        document_id: int,
+        extracted: ExtractedDocument,
+        chunks: list[Chunk],
+    ) -> int:
+        service = self.service
         done = 0
-        for batch in _batches(chunks, config.embed_batch):
+        for batch in _batches(iter(chunks), service.config.embed_batch):
             vectors = await service.embedder.embed(
                 [embedding_input(chunk, extracted.title) for chunk in batch], priority="bulk"
             )

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,6 +82,7 @@ class BaseInfo:
     created_at: datetime
     documents: int = 0
     chunks: int = 0
+    chunks_ingesting: int = 0  # embedded so far by running jobs, not yet in ``chunks``
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +93,7 @@ class BaseInfo:
             "created_at": self.created_at.isoformat(),
             "documents": self.documents,
             "chunks": self.chunks,
+            "chunks_ingesting": self.chunks_ingesting,
         }
 
 
@@ -114,6 +117,9 @@ class DocumentInfo:
     updated_at: datetime
     indexed_at: datetime | None
     progress: int = 0  # chunks embedded so far by a running job
+    progress_total: int | None = None  # chunks the running job embeds in all
+    chunks_per_s: float | None = None  # its rate so far
+    eta_s: float | None = None  # seconds it still needs at that rate
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +135,9 @@ class DocumentInfo:
             "pages": self.pages,
             "chunks": self.chunks,
             "progress": self.progress,
+            "progress_total": self.progress_total,
+            "chunks_per_s": self.chunks_per_s,
+            "eta_s": self.eta_s,
             "metadata": self.metadata,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
@@ -280,6 +289,8 @@ class KnowledgeService:
         self.blob_dir = blob_dir
         blob_dir.mkdir(parents=True, exist_ok=True)
         self.work_ready = asyncio.Event()  # set when a job is queued; the worker waits on it
+        # Documents being embedded now: document id -> (chunks in all, when embedding began).
+        self.embedding: dict[int, tuple[int, float]] = {}
 
     # -- bases -------------------------------------------------------------
 
@@ -343,7 +354,9 @@ class KnowledgeService:
             session.flush()
             return self._base_info(row)
 
-    def _base_info(self, row: KnowledgeBaseRow, documents: int = 0, chunks: int = 0) -> BaseInfo:
+    def _base_info(
+        self, row: KnowledgeBaseRow, documents: int = 0, chunks: int = 0, ingesting: int = 0
+    ) -> BaseInfo:
         return BaseInfo(
             id=row.id,
             name=row.name,
@@ -353,6 +366,7 @@ class KnowledgeService:
             created_at=row.created_at,
             documents=documents,
             chunks=chunks,
+            chunks_ingesting=ingesting,
         )
 
     def list_bases(self, workspace_id: int, name: str | None = None) -> list[BaseInfo]:
@@ -374,7 +388,21 @@ class KnowledgeService:
                     .group_by(KnowledgeDocumentRow.kb_id)
                 ).all()
             }
-        return [self._base_info(row, *totals.get(row.id, (0, 0))) for row in rows]
+            ingesting = {
+                kb_id: int(done or 0)
+                for kb_id, done in session.execute(
+                    select(IngestionJobRow.kb_id, func.sum(IngestionJobRow.chunks_done))
+                    .where(
+                        IngestionJobRow.kb_id.in_([row.id for row in rows]),
+                        IngestionJobRow.state.in_(ACTIVE_STATES),
+                    )
+                    .group_by(IngestionJobRow.kb_id)
+                ).all()
+            }
+        return [
+            self._base_info(row, *totals.get(row.id, (0, 0)), ingesting.get(row.id, 0))
+            for row in rows
+        ]
 
     def get_base(self, workspace_id: int, name: str) -> BaseInfo:
         found = self.list_bases(workspace_id, name)
@@ -407,6 +435,14 @@ class KnowledgeService:
     def _document_info(
         self, row: KnowledgeDocumentRow, base: str, progress: int = 0
     ) -> DocumentInfo:
+        total, rate, eta = None, None, None
+        running = self.embedding.get(row.id)
+        if running is not None and row.status == "embedding":
+            total, began = running
+            elapsed = time.monotonic() - began
+            if progress and elapsed > 0:
+                rate = round(progress / elapsed, 1)
+                eta = round(max(total - progress, 0) / (progress / elapsed), 1)
         return DocumentInfo(
             id=row.id,
             knowledge_base=base,
@@ -424,6 +460,9 @@ class KnowledgeService:
             updated_at=row.updated_at,
             indexed_at=row.indexed_at,
             progress=progress,
+            progress_total=total,
+            chunks_per_s=rate,
+            eta_s=eta,
         )
 
     def _document_class(self, base: KnowledgeBaseRow, requested: str | None) -> str:

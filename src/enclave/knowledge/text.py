@@ -65,16 +65,39 @@ def support(claim: set[str], source: set[str]) -> float:
     return len(claim & source) / len(claim) if claim else 0.0
 
 
+def _without_heading(text: str, start: int, end: int) -> int:
+    """Where the sentence ``text[start:end]`` starts once leading heading lines are cut
+    off; ``end`` when it is only headings."""
+    while start < end and text[start] == "#":
+        newline = text.find("\n", start, end)
+        if newline < 0:
+            return end
+        start = newline + 1
+        while start < end and text[start].isspace():
+            start += 1
+    return start
+
+
 def best_sentence(text: str, words: set[str]) -> tuple[tuple[int, int] | None, float]:
     """The (start, end) of the sentence of ``text`` that best supports ``words``, and its score.
 
-    The score is :func:`support` of ``words`` by the sentence. The first
-    sentence wins ties, so with no ``words`` it is the first sentence (score
-    0). The span is ``None`` only when ``text`` has no sentence at all.
+    The score is :func:`support` of ``words`` by the sentence, heading included
+    ("# Parental leave" tells what the sentence under it is about). The span
+    never starts with a heading, and a sentence that is only a heading is not
+    chosen unless the text is nothing but headings. The first sentence wins
+    ties, so with no ``words`` it is the first sentence (score 0). The span is
+    ``None`` only when ``text`` has no sentence at all.
     """
     best, best_score = None, -1.0
+    fallback = None
     for start, end in sentence_spans(text):
+        fallback = fallback or (start, end)
+        content = _without_heading(text, start, end)
+        if content >= end:
+            continue
         score = support(words, content_words(text[start:end])) if words else 0.0
         if score > best_score:
-            best, best_score = (start, end), score
+            best, best_score = (content, end), score
+    if best is None:
+        return fallback, 0.0
     return best, max(best_score, 0.0)

@@ -271,7 +271,7 @@ class LocalModel:
                 param="messages" if request.prompt is None else "prompt",
                 code="context_length_exceeded",
             )
-        wanted = request.sampling.max_tokens
+        wanted = request.sampling.max_tokens or self.config.max_tokens_default
         max_tokens = room if wanted is None else min(wanted, room)
         if plan.grammar is not None:
             self._check_grammar(plan.grammar)

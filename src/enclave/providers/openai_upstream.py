@@ -81,6 +81,12 @@ class OpenAIUpstream(Provider):
         self._upstream_names = {
             model.name: model.upstream_name or model.name for model in config.models
         }
+        # By the name sent upstream: a generation request without a limit gets the model's.
+        self._max_tokens_default = {
+            model.upstream_name or model.name: model.max_tokens_default
+            for model in config.models
+            if model.max_tokens_default is not None
+        }
 
     async def start(self) -> None:
         headers = {"Content-Type": "application/json"}
@@ -118,6 +124,14 @@ class OpenAIUpstream(Provider):
         """
         if self._session is None:
             raise UpstreamUnavailable(f"Provider '{self.name}' is not started.")
+        default = self._max_tokens_default.get(body.get("model", ""))
+        if (
+            default is not None
+            and endpoint in ("/chat/completions", "/completions")
+            and body.get("max_tokens") is None
+            and body.get("max_completion_tokens") is None
+        ):
+            body = {**body, "max_tokens": default}
         self.in_flight += 1
         self.sent += 1
         try:

@@ -23,6 +23,7 @@ shape: the supervised local runner here, a remote one that joined later.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
@@ -42,7 +43,13 @@ from enclave.providers.base import (
     ModelCard,
     Provider,
 )
-from enclave.runners.protocol import PREFIX, error_from_wire, event_from_wire, request_to_wire
+from enclave.runners.protocol import (
+    PREFIX,
+    EventLines,
+    error_from_wire,
+    event_from_wire,
+    request_to_wire,
+)
 
 # Connection problems that mean "the runner is gone", as opposed to an answer.
 BROKEN = (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError)
@@ -76,15 +83,17 @@ class _RunnerStream(GenerationStream):
         return self._events()
 
     async def _events(self) -> AsyncIterator[GenerationEvent]:
+        lines = EventLines()
         try:
             try:
-                async for line in self._response.content:
-                    if not line.strip():
-                        continue
-                    event = event_from_wire(orjson.loads(line))
-                    yield event
-                    if isinstance(event, Finished):
-                        return
+                # One await per network read, not per line: a read that brings
+                # several events (a busy loop on either side) yields them all.
+                while data := await self._response.content.readany():
+                    for item in lines.feed(data):
+                        event = event_from_wire(item)
+                        yield event
+                        if isinstance(event, Finished):
+                            return
             except BROKEN:
                 pass
             raise await self._provider.broken("while answering")
@@ -99,10 +108,18 @@ class _RunnerStream(GenerationStream):
 class RunnerProvider(Provider):
     """One provider hosted by a runner, reached over the runner protocol."""
 
-    def __init__(self, name: str, runner: RunnerLink, *, restart_wait_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        runner: RunnerLink,
+        *,
+        restart_wait_s: float = 20.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.name = name
         self.runner = runner
         self.restart_wait_s = restart_wait_s
+        self.ssl_context = ssl_context  # verifies a runner that serves HTTPS
         self._session: aiohttp.ClientSession | None = None
         self._state: dict[str, Any] = {}
         self._queues: dict[str, int] = {}
@@ -110,7 +127,9 @@ class RunnerProvider(Provider):
     async def start(self) -> None:
         await self.runner.start()
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+            connector=aiohttp.TCPConnector(
+                limit=0, force_close=False, ssl=self.ssl_context or True
+            ),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
             trust_env=False,
             json_serialize=lambda data: orjson.dumps(data).decode(),
@@ -141,6 +160,10 @@ class RunnerProvider(Provider):
             )
         return f"{self.runner.url}{PREFIX}{path}"
 
+    def hosted(self, model: str) -> str:
+        """The name of the provider inside the runner that serves ``model``."""
+        return self.name
+
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.runner.token}"}
 
@@ -165,7 +188,8 @@ class RunnerProvider(Provider):
 
     async def generate(self, request: GenerationRequest) -> GenerationStream:
         response = await self._post(
-            f"/providers/{self.name}/generate", {"request": request_to_wire(request)}
+            f"/providers/{self.hosted(request.model)}/generate",
+            {"request": request_to_wire(request)},
         )
         if response.status != 200:
             try:
@@ -183,7 +207,7 @@ class RunnerProvider(Provider):
         body = {"model": model, "inputs": list(inputs), "priority": priority}
         deadline = time.monotonic() + self.restart_wait_s
         while True:
-            response = await self._post(f"/providers/{self.name}/embed", body)
+            response = await self._post(f"/providers/{self.hosted(model)}/embed", body)
             try:
                 data = orjson.loads(await response.read())
             except BROKEN:

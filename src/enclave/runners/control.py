@@ -44,7 +44,11 @@ class RunnerControl:
         return cls(
             classes=classes,
             tokens=JoinTokenService(sessions, classes),
-            registry=RunnerRegistry(classes, metrics=metrics),
+            registry=RunnerRegistry(
+                classes,
+                heartbeat_timeout_s=settings.remote_runners.heartbeat_timeout_s,
+                metrics=metrics,
+            ),
             deployments=DeploymentStore(sessions, settings.deployments, classes),
         )
 

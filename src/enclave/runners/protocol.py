@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from enclave import errors
 from enclave.errors import EnclaveError, ProviderError
 from enclave.providers.base import (
@@ -159,6 +161,25 @@ def event_from_wire(data: dict[str, Any]) -> GenerationEvent:
     if "error" in data:
         raise error_from_wire(data["error"])
     raise ProviderError(f"The runner sent an unknown event: {sorted(data)}")
+
+
+class EventLines:
+    """The event lines of a generate stream, read in chunks of any size.
+
+    The client reads whatever bytes have arrived (often several events, or part
+    of one) instead of awaiting one line at a time: one read and one batch of
+    ``orjson.loads`` per network read, the incomplete last line kept for the next.
+    """
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """The events completed by ``data``, in order."""
+        if self._partial:
+            data = self._partial + data
+        *lines, self._partial = data.split(b"\n")
+        return [orjson.loads(line) for line in lines if line.strip()]
 
 
 # -- errors ----------------------------------------------------------------------

@@ -30,13 +30,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 from enclave.errors import EnclaveError, NotFound
-from enclave.providers.base import GenerationRequest, Provider, SamplingParams
+from enclave.providers.base import Finished, GenerationRequest, Provider, SamplingParams
 from enclave.runners.cpu import describe_cpu, extra_buffer_types, read_cpu_flags
 from enclave.runners.protocol import (
     NDJSON,
@@ -48,6 +48,9 @@ from enclave.runners.protocol import (
     request_from_wire,
 )
 from enclave.settings import InputLimitsConfig, ProviderConfig, RunnerConfig, Settings
+
+if TYPE_CHECKING:
+    from enclave.runners.join import DeploymentHost
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ async def self_test(provider: Provider) -> None:
         log.info("self-test passed: %s/%s", provider.name, card.id)
 
 
-def _error_response(exc: BaseException) -> web.Response:
+def error_response(exc: BaseException) -> web.Response:
     status = exc.status_code if isinstance(exc, EnclaveError) else 502
     return web.Response(
         status=status,
@@ -104,10 +107,20 @@ def _error_response(exc: BaseException) -> web.Response:
 class RunnerServer:
     """The HTTP face of a runner's providers."""
 
-    def __init__(self, providers: list[Provider], token: str, cpu: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        providers: list[Provider],
+        token: str,
+        cpu: dict[str, Any],
+        host: DeploymentHost | None = None,
+    ) -> None:
         self.providers = {provider.name: provider for provider in providers}
         self._token = token.encode()
         self.cpu = cpu
+        # A joined runner: deployments loaded and unloaded by the control plane.
+        self.host = host
+        if host is not None:
+            host.providers = self.providers
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._authenticate], client_max_size=256 * 1024**2)
@@ -115,6 +128,8 @@ class RunnerServer:
         app.router.add_get(f"{PREFIX}/health", self.health)
         app.router.add_post(f"{PREFIX}/providers/{{name}}/generate", self.generate)
         app.router.add_post(f"{PREFIX}/providers/{{name}}/embed", self.embed)
+        if self.host is not None:
+            self.host.add_routes(app, PREFIX)
         return app
 
     @web.middleware
@@ -160,8 +175,10 @@ class RunnerServer:
                 "queues": depth() if depth else {},
                 "state": provider.describe(),
             }
+        served = self.host.served if self.host is not None else {}
         return web.Response(
-            body=orjson.dumps({"providers": report}), content_type="application/json"
+            body=orjson.dumps({"providers": report, "served": served}),
+            content_type="application/json",
         )
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
@@ -170,9 +187,12 @@ class RunnerServer:
             data = orjson.loads(await request.read())
             stream = await provider.generate(request_from_wire(data["request"]))
         except EnclaveError as exc:
-            return _error_response(exc)
+            return error_response(exc)
         response = web.StreamResponse(headers={"Content-Type": NDJSON})
         events = aiter(stream)
+        name, completion_tokens = provider.name, 0
+        if self.host is not None:
+            self.host.begin(name)
         try:
             await response.prepare(request)
             while True:
@@ -185,9 +205,13 @@ class RunnerServer:
                         log.exception("generation failed")
                     await response.write(orjson.dumps({"error": error_to_wire(exc)}) + b"\n")
                     break
+                if isinstance(event, Finished):
+                    completion_tokens = event.usage.completion_tokens
                 await response.write(orjson.dumps(event_to_wire(event)) + b"\n")
         finally:
             await stream.aclose()  # also when the client left (cancelled or reset)
+            if self.host is not None:
+                self.host.end(name, completion_tokens)
         await response.write_eof()
         return response
 
@@ -199,11 +223,25 @@ class RunnerServer:
                 data["model"], data["inputs"], priority=data.get("priority", "interactive")
             )
         except EnclaveError as exc:
-            return _error_response(exc)
+            return error_response(exc)
         return web.Response(
             body=orjson.dumps({"vectors": result.vectors, "prompt_tokens": result.prompt_tokens}),
             content_type="application/json",
         )
+
+
+def runner_cpu(runner: RunnerConfig) -> dict[str, Any]:
+    """The CPU path the engines use, logged once."""
+    flags = read_cpu_flags()
+    cpu = describe_cpu(flags, extra_buffer_types(flags, runner.extra_buffer_types))
+    log.info(
+        "runner %d: CPU path %s, llama.cpp extra buffer types %s (%s)",
+        os.getpid(),
+        cpu["path"],
+        "on" if cpu["extra_buffer_types"] else "off",
+        cpu["extra_buffer_types_reason"],
+    )
+    return cpu
 
 
 async def serve_runner(
@@ -217,15 +255,7 @@ async def serve_runner(
 ) -> None:
     """Load, self-test and serve the spec's providers until ``stop`` is set."""
     providers, runner = build_providers(spec)
-    flags = read_cpu_flags()
-    cpu = describe_cpu(flags, extra_buffer_types(flags, runner.extra_buffer_types))
-    log.info(
-        "runner %d: CPU path %s, llama.cpp extra buffer types %s (%s)",
-        os.getpid(),
-        cpu["path"],
-        "on" if cpu["extra_buffer_types"] else "off",
-        cpu["extra_buffer_types_reason"],
-    )
+    cpu = runner_cpu(runner)
     for provider in providers:
         await provider.start()
     if runner.self_test:
@@ -266,6 +296,21 @@ def _announce(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where installed, as uvicorn picks for the control plane.
+
+    Every streamed token wakes the loop (the engine thread hands it over with
+    ``call_soon_threadsafe``) and is written to a socket; uvloop does that in C
+    and roughly halves the loop's CPU per token, which on a small machine is
+    CPU the engine's threads get back.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main() -> None:
     """Supervised entry point: token and spec on stdin, ``ready`` on stdout."""
     faulthandler.enable()  # a crash in an engine leaves its traceback on stderr
@@ -297,7 +342,8 @@ def main() -> None:
             stop=stop,
         )
 
-    asyncio.run(run())
+    with asyncio.Runner(loop_factory=_loop_factory()) as loop_runner:
+        loop_runner.run(run())
     sys.stdout.flush()
     sys.stderr.flush()
     # The engines are closed; skip interpreter teardown (the parent-watch thread

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from enclave.errors import ModelNotFound, QueueFull
 from enclave.providers.base import (
@@ -137,3 +137,23 @@ class ScriptedProvider(Provider):
 
     async def health(self) -> Health:
         return Health(ok=True)
+
+
+class ScriptedDeployment(ScriptedProvider):
+    """The scripted chat model under a deployment's model name.
+
+    The test engine of a joined runner (``enclave runner --join ... --scripted-engine``):
+    every load becomes one of these, so placement and routing across runner
+    processes are tested without loading a model.
+    """
+
+    def __init__(self, model: str, *, script: Script | None = None) -> None:
+        super().__init__(model, script=script)
+
+    def models(self) -> list[ModelCard]:
+        return [ModelCard(self.name, self.name, Capabilities(chat=True, completion=True))]
+
+    async def generate(self, request: GenerationRequest) -> GenerationStream:
+        if request.model != self.name:
+            raise ModelNotFound(request.model)
+        return await super().generate(replace(request, model="scripted"))

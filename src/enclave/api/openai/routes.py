@@ -49,8 +49,42 @@ from enclave.settings import InputLimitsConfig
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_principal)])
 
 
-def model_object(model_id: str, owner: str, created: int) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": owner}
+def model_object(
+    model_id: str, owner: str, created: int, extras: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owner} | (
+        extras or {}
+    )
+
+
+def model_extras(svc: Services) -> dict[str, dict[str, Any]]:
+    """Per model id: what it serves (``chat``, ``embeddings``) and the answer length a chat
+    request without ``max_tokens`` gets (``max_tokens_default``; null: the engine's)."""
+    defaults = {
+        model.name: model.max_tokens_default
+        for provider in svc.settings.providers
+        for model in provider.models
+    }
+    extras: dict[str, dict[str, Any]] = {}
+    for provider in svc.registry.providers:
+        for card in provider.models():
+            serves = [
+                name
+                for name, yes in (
+                    ("chat", card.capabilities.chat),
+                    ("embeddings", card.capabilities.embeddings),
+                )
+                if yes
+            ]
+            extras.setdefault(
+                card.id, {"capabilities": serves, "max_tokens_default": defaults.get(card.id)}
+            )
+    routing = svc.gateway.routing
+    for alias, qualified in routing.aliases.items():
+        targets = [routing.targets[name] for name in qualified if name in routing.targets]
+        if targets and targets[0].model in extras:
+            extras[alias] = extras[targets[0].model]
+    return extras
 
 
 @router.get("/models", summary="List models")
@@ -58,13 +92,20 @@ async def list_models(
     principal: Principal = Depends(require_principal), svc: Services = Depends(services)
 ) -> dict[str, Any]:
     """Every model name once (served by one provider or several), the aliases, then the
-    workspace's apps as ``app/<name>``."""
+    workspace's apps as ``app/<name>``. Enclave adds ``capabilities`` (``chat``,
+    ``embeddings``) and ``max_tokens_default`` to each model."""
     routing = svc.gateway.routing
     created = svc.started
-    data = [model_object(name, owner, created) for name, owner in routing.model_ids()]
+    extras = model_extras(svc)
+    data = [
+        model_object(name, owner, created, extras.get(name)) for name, owner in routing.model_ids()
+    ]
     if svc.apps is not None:
         apps = await asyncio.to_thread(svc.apps.list_apps, principal.workspace_id)
-        data += [model_object(app["model_id"], "app", created) for app in apps]
+        data += [
+            model_object(app["model_id"], "app", created, {"capabilities": ["chat"]})
+            for app in apps
+        ]
     return {"object": "list", "data": data}
 
 
@@ -76,11 +117,11 @@ async def get_model(
 ) -> dict[str, Any]:
     for name, owner in svc.gateway.routing.model_ids():
         if name == model_id:
-            return model_object(name, owner, svc.started)
+            return model_object(name, owner, svc.started, model_extras(svc).get(name))
     app = parse_model_id(model_id)
     if app is not None and svc.apps is not None:
         await asyncio.to_thread(svc.apps.load, principal.workspace_id, *app)  # 404 if absent
-        return model_object(model_id, "app", svc.started)
+        return model_object(model_id, "app", svc.started, {"capabilities": ["chat"]})
     target = svc.gateway.routing.targets.get(model_id)
     if target is not None:
         return model_object(target.model, target.provider, svc.started)

@@ -1,8 +1,10 @@
 """Routes: runners that joined, their join tokens, and the declared deployments.
 
-Admin only. The :class:`~enclave.runners.control.RunnerControl` lives on
-``app.state.runner_control``; until the runner wiring builds it at start-up,
-the first request here builds it over the app's database.
+``/api/admin/...`` is admin only. ``POST /api/runners/register`` and
+``/api/runners/heartbeat`` are what ``enclave runner --join`` calls: they take
+the join token as the bearer instead of an API key (a bad, expired or revoked
+one gets 401 and registers nothing). The work is done by the app's
+:class:`~enclave.runners.fleet.RunnerFleet` (``Services.runners``).
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy.orm import sessionmaker
 
-from enclave.api.deps import Services, require_admin, services
+from enclave.api.deps import Services, bearer_token, require_admin, services
 from enclave.api.params import ResourceId
 from enclave.api.runners.protocol import (
     JoinTokenCreate,
@@ -23,19 +25,52 @@ from enclave.api.runners.protocol import (
     deployment_out,
     runner_out,
 )
+from enclave.errors import InvalidRequest, ServiceUnavailable
 from enclave.runners.control import RunnerControl
+from enclave.runners.fleet import RunnerFleet
 
 # Its routes are added to enclave.api.admin_routes.router, so they are served with it.
 router = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)])
 
 
-def runner_control(request: Request, svc: Services = Depends(services)) -> RunnerControl:
-    state = request.app.state
-    control: RunnerControl | None = getattr(state, "runner_control", None)
-    if control is None:
-        sessions = sessionmaker(state.engine, expire_on_commit=False)
-        control = state.runner_control = RunnerControl.build(svc.settings, sessions, svc.metrics)
-    return control
+# Authenticated by the join token, not an API key; added to the app next to `router`.
+joining = APIRouter(prefix="/api/runners")
+
+
+def runner_fleet(svc: Services = Depends(services)) -> RunnerFleet:
+    if svc.runners is None:
+        raise ServiceUnavailable("Runners are not available yet.", code="runners_unavailable")
+    return svc.runners
+
+
+def runner_control(fleet: RunnerFleet = Depends(runner_fleet)) -> RunnerControl:
+    return fleet.control
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+@joining.post("/register", summary="A runner joins (bearer: its join token)")
+async def register_runner(
+    request: Request, fleet: RunnerFleet = Depends(runner_fleet)
+) -> dict[str, Any]:
+    secret = bearer_token(request)
+    return await fleet.register(secret, await _json_object(request))
+
+
+@joining.post("/heartbeat", summary="A joined runner's figures (bearer: its join token)")
+async def runner_heartbeat(
+    request: Request, fleet: RunnerFleet = Depends(runner_fleet)
+) -> dict[str, Any]:
+    secret = bearer_token(request)
+    return await fleet.heartbeat(secret, await _json_object(request))
 
 
 @router.get("/runners", summary="Runners with devices, memory, loaded models, load and state")
@@ -67,10 +102,12 @@ async def create_token(
 
 @router.delete("/runners/tokens/{token_id}", summary="Revoke a join token and drop its runners")
 async def revoke_token(
-    token_id: ResourceId, control: RunnerControl = Depends(runner_control)
+    token_id: ResourceId, fleet: RunnerFleet = Depends(runner_fleet)
 ) -> JoinTokenRevoked:
+    control = fleet.control
     token = await asyncio.to_thread(control.tokens.revoke, token_id)
     gone = control.registry.forget_token(token.id)
+    fleet.forget_runners(gone)
     return JoinTokenRevoked(**JoinTokenOut.of(token).model_dump(), disconnected=gone)
 
 

@@ -48,6 +48,42 @@ function runnerSummary(runner) {
   return parts.join(" · ");
 }
 
+// -- runners that joined ---------------------------------------------------------------
+
+function gb(value) {
+  return value === null || value === undefined ? "–" : value.toFixed(1);
+}
+
+async function loadRunners() {
+  const body = byId("runners-body");
+  let runners;
+  try {
+    runners = (await api("/api/admin/runners")).data;
+  } catch (error) {
+    replaceChildren(body, h("tr", {}, h("td", { colspan: "8" }, error.message)));
+    return;
+  }
+  if (!runners.length) {
+    replaceChildren(body, h("tr", {}, h("td", { colspan: "8" }, "No runners have joined. Create a join token with `enclave runners token create`.")));
+    return;
+  }
+  replaceChildren(
+    body,
+    runners.map((runner) =>
+      row([
+        runner.name,
+        h("span", { class: `badge badge-${runner.state === "up" ? "ok" : "bad"}` }, runner.state),
+        runner.clearance,
+        runner.location,
+        runner.devices.map((d) => `${d.name} ${gb(d.memory_used_gb)} / ${gb(d.memory_free_gb)} / ${gb(d.memory_total_gb)}`).join(", "),
+        runner.loaded.map((m) => m.model).join(", ") || "–",
+        formatNumber(runner.queue_depth),
+        runner.tokens_per_s.toFixed(1),
+      ]),
+    ),
+  );
+}
+
 // -- workspaces and keys ---------------------------------------------------------------
 
 async function loadWorkspaces() {
@@ -231,7 +267,8 @@ function usageChart(entries, series, since) {
         ),
       );
     }
-    if (index % 7 === 0 || index === days.length - 1) {
+    // Weekly labels counted back from today, so today's label never crowds another.
+    if ((days.length - 1 - index) % 7 === 0) {
       chart.append(svg("text", { x: (x + bar / 2).toFixed(1), y: height - 8, "text-anchor": "middle", class: "axis-label" }, day.slice(5)));
     }
   });
@@ -342,6 +379,7 @@ function main() {
   byId("audit-older").addEventListener("click", () => loadAudit({ more: true }));
   byId("verify-chain").addEventListener("click", verifyChain);
   loadProviders();
+  loadRunners();
   loadWorkspaces();
   loadKeys();
   loadUsage();

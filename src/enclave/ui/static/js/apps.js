@@ -10,6 +10,15 @@ function initials(name) {
   return (parts.length > 1 ? parts[0][0] + parts[1][0] : String(name).slice(0, 2)).toUpperCase();
 }
 
+// An avatar in the YAML is one very long base64 line: the Definition shows it folded
+// (the image itself is at the top of the page and below).
+function foldDataUris(yaml) {
+  return yaml.replace(/(data:image\/[\w.+-]+;base64,)([A-Za-z0-9+/=]{64,})/g, (_, head, data) => {
+    const kib = Math.max(1, Math.round((data.length * 3) / 4 / 1024));
+    return `${head}${data.slice(0, 16)}… (${kib} KiB, folded)`;
+  });
+}
+
 function avatar(app, size) {
   if (app.avatar_url) {
     return h("img", { class: `avatar avatar-${size}`, src: app.avatar_url, alt: `${app.name} avatar`, width: size === "large" ? "72" : "48", height: size === "large" ? "72" : "48" });
@@ -111,9 +120,11 @@ async function detailView(name) {
     return;
   }
   replaceChildren(byId("app-avatar"), avatar(app, "large"));
+  const pictured = byId("app-yaml-avatar");
+  if (pictured) replaceChildren(pictured, app.avatar_url ? [h("span", { class: "hint" }, "metadata.avatar:"), avatar(app, "small")] : []);
   byId("app-description").textContent = app.description || "No description.";
   byId("app-meta").textContent = `Version ${app.version} · model ${app.spec?.spec?.model || "default"} · updated ${formatTime(app.updated_at)}`;
-  byId("app-yaml").textContent = app.yaml || "";
+  byId("app-yaml").textContent = foldDataUris(app.yaml || "");
   testResults(app.test_results);
 }
 

@@ -54,7 +54,10 @@ function conversationUrl(id) {
 async function loadModels(preselect) {
   let models = [];
   try {
-    models = (await api("/v1/models")).data.map((model) => model.id);
+    // Only models that chat: an embedding model would answer every message with an error.
+    models = (await api("/v1/models")).data
+      .filter((model) => !model.capabilities || model.capabilities.includes("chat"))
+      .map((model) => model.id);
   } catch (error) {
     showError(`Models could not be loaded: ${error.message}`);
   }
@@ -406,7 +409,14 @@ function openCitation(citation) {
     ["Title", citation.title || ""],
     ["Knowledge base", citation.knowledge_base || ""],
     ["Location", locationText(citation.location) || "—"],
-    ["Score", typeof citation.score === "number" ? citation.score.toFixed(3) : ""],
+    // The fused ranking score (about 0.01-0.03) means nothing to a reader; the cosine
+    // similarity to the question does, so that is shown, explained.
+    [
+      "Relevance",
+      typeof citation.similarity === "number"
+        ? `${Math.round(citation.similarity * 100)}% similar to the question (cosine similarity of the embeddings)`
+        : "",
+    ],
   ].filter(([, value]) => value);
   replaceChildren(
     ui.dialogBody,

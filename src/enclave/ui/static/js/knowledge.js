@@ -136,15 +136,26 @@ async function loadDocuments() {
         document.pages == null ? "" : formatNumber(document.pages),
         formatNumber(document.chunks ?? 0),
         formatTime(document.indexed_at || document.updated_at),
-        h(
-          "button",
-          {
-            type: "button",
-            class: "small",
-            onclick: () => showChunks(document),
-          },
-          "Chunks",
-        ),
+        document.status === "failed"
+          ? h(
+              "button",
+              {
+                type: "button",
+                class: "small danger",
+                "aria-label": `Remove ${document.name}`,
+                onclick: () => removeDocument(document),
+              },
+              "Remove",
+            )
+          : h(
+              "button",
+              {
+                type: "button",
+                class: "small",
+                onclick: () => showChunks(document),
+              },
+              "Chunks",
+            ),
       ]),
     ),
   );
@@ -154,6 +165,18 @@ async function loadDocuments() {
     info.documents = documents.length;
     renderBases();
   }
+}
+
+// A failed document has nothing to show; it can only be removed (and uploaded again).
+async function removeDocument(document) {
+  try {
+    await api(base(`/documents/${document.id}`), { method: "DELETE" });
+  } catch (error) {
+    announce(ui.status, error.message);
+    return;
+  }
+  announce(ui.status, `Removed ${document.name}.`);
+  await loadDocuments();
 }
 
 async function showChunks(document) {
