@@ -25,6 +25,8 @@ generic 500 message, the traceback goes to the server log only.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EnclaveError(Exception):
     """Root of the product's errors. ``message`` is safe to show to clients."""
@@ -143,3 +145,25 @@ class ServiceUnavailable(EnclaveError):
 
 class ConfigError(Exception):
     """A configuration problem found at start-up; the message names field and line."""
+
+
+def error_body(error: EnclaveError, path: str) -> dict[str, Any]:
+    """The error in OpenAI's shape on ``/v1``, else in the platform shape (both in
+    :mod:`enclave.api.errors`' docstring); streams send the same body as an event."""
+    if path.startswith("/v1"):
+        return {
+            "error": {
+                "message": error.message,
+                "type": error.error_type,
+                "param": error.param,
+                "code": error.code,
+            }
+        }
+    body: dict[str, Any] = {
+        "status": error.status_code,
+        "code": error.code,
+        "message": error.message,
+    }
+    if error.param:
+        body["param"] = error.param
+    return {"error": body}

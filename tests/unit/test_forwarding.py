@@ -83,6 +83,15 @@ def client(
         yield test_client
 
 
+def send(client: TestClient, mocks: dict[str, MockUpstream], path: str, body: Any) -> Any:
+    """Forget what the mocks saw, then send ``body`` and read the whole answer."""
+    for mock in mocks.values():
+        mock.reset()
+    response = client.post(path, json=body, headers=AUTH)
+    response.read()
+    return response
+
+
 # -- random valid requests ------------------------------------------------------------------
 
 words = st.text(alphabet="abcdefgh ", min_size=1, max_size=12)
@@ -245,10 +254,7 @@ def test_a_secret_anywhere_is_refused_or_never_reaches_the_public_upstream(
     path, how = data.draw(st.sampled_from(list(places(body))), label="place")
     secret, fragment = SECRETS[kind]
     planted = plant(body, path, how, secret)
-    for mock in mocks.values():
-        mock.reset()
-    response = client.post(endpoint, json=planted, headers=AUTH)
-    response.read()
+    response = send(client, mocks, endpoint, planted)
     seen = b"".join(request.raw for request in mocks["cloud"].requests)
     assert fragment.encode() not in seen, (
         f"{kind} at {path} ({how}) reached the public upstream: {response.status_code}"
@@ -261,8 +267,6 @@ def test_the_same_request_without_a_secret_goes_to_the_public_upstream(
     client: TestClient, mocks: dict[str, MockUpstream]
 ) -> None:
     """The fuzz test could pass by refusing everything; a clean request must still flow."""
-    for mock in mocks.values():
-        mock.reset()
     body = {
         "model": "best",
         "messages": [{"role": "user", "content": "hello", "name": "anna"}],
@@ -270,7 +274,7 @@ def test_the_same_request_without_a_secret_goes_to_the_public_upstream(
         "stop": ["END"],
         "user": "u1",
     }
-    response = client.post("/v1/chat/completions", json=body, headers=AUTH)
+    response = send(client, mocks, "/v1/chat/completions", body)
     assert response.status_code == 200, response.text
     assert response.headers["x-enclave-provider"] == "cloud"
     forwarded = mocks["cloud"].requests[0].body
@@ -334,9 +338,7 @@ def test_each_reported_field_is_scanned(
         for step in steps:
             target = target[int(step)] if step.isdigit() else target[step]
         target[last] = value
-    for mock in mocks.values():
-        mock.reset()
-    response = client.post("/v1/chat/completions", json=body, headers=AUTH)
+    response = send(client, mocks, "/v1/chat/completions", body)
     assert response.status_code == 200, response.text
     assert response.headers["x-enclave-classification"] == "confidential"
     assert response.headers["x-enclave-provider"] == "onprem"
@@ -346,8 +348,6 @@ def test_each_reported_field_is_scanned(
 def test_unknown_fields_are_dropped_and_known_ones_forwarded(
     client: TestClient, mocks: dict[str, MockUpstream]
 ) -> None:
-    for mock in mocks.values():
-        mock.reset()
     body = {
         "model": "best",
         "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "x": "y"}]}],
@@ -356,7 +356,7 @@ def test_unknown_fields_are_dropped_and_known_ones_forwarded(
         "enclave": {},
         "seed": 7,
     }
-    response = client.post("/v1/chat/completions", json=body, headers=AUTH)
+    response = send(client, mocks, "/v1/chat/completions", body)
     assert response.status_code == 200, response.text
     forwarded = mocks["cloud"].requests[0].body
     assert set(forwarded) == {"model", "messages", "seed"}
@@ -456,10 +456,7 @@ def test_a_disguised_secret_anywhere_never_reaches_the_public_upstream(
     body = data.draw(chat_request, label="request")
     path, how = data.draw(st.sampled_from(list(places(body))), label="place")
     planted = plant(body, path, how, secret)
-    for mock in mocks.values():
-        mock.reset()
-    response = client.post("/v1/chat/completions", json=planted, headers=AUTH)
-    response.read()
+    send(client, mocks, "/v1/chat/completions", planted)
     seen = json.dumps([r.body for r in mocks["cloud"].requests], ensure_ascii=False)
     assert secret not in seen, f"{kind} ({family}) at {path} ({how}) reached the public upstream"
 
@@ -467,8 +464,6 @@ def test_a_disguised_secret_anywhere_never_reaches_the_public_upstream(
 def test_a_card_split_across_two_messages_never_reaches_the_public_upstream(
     client: TestClient, mocks: dict[str, MockUpstream]
 ) -> None:
-    for mock in mocks.values():
-        mock.reset()
     body = {
         "model": "best",
         "messages": [
@@ -476,7 +471,7 @@ def test_a_card_split_across_two_messages_never_reaches_the_public_upstream(
             {"role": "user", "content": "1111 1111, thanks"},
         ],
     }
-    response = client.post("/v1/chat/completions", json=body, headers=AUTH)
+    response = send(client, mocks, "/v1/chat/completions", body)
     assert response.status_code == 200, response.text
     assert response.headers["x-enclave-classification"] == "confidential"
     assert not mocks["cloud"].requests

@@ -19,7 +19,6 @@ removed is redirected (307). The ``Location`` is built from the configured
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +33,7 @@ from enclave.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    error_body,
 )
 
 log = logging.getLogger(__name__)
@@ -44,26 +44,6 @@ _STATUS_ERRORS: dict[int, type[EnclaveError]] = {
     404: NotFound,
     413: PayloadTooLarge,
 }
-
-
-def error_body(error: EnclaveError, path: str) -> dict[str, Any]:
-    if path.startswith("/v1"):
-        return {
-            "error": {
-                "message": error.message,
-                "type": error.error_type,
-                "param": error.param,
-                "code": error.code,
-            }
-        }
-    body: dict[str, Any] = {
-        "status": error.status_code,
-        "code": error.code,
-        "message": error.message,
-    }
-    if error.param:
-        body["param"] = error.param
-    return {"error": body}
 
 
 def error_response(error: EnclaveError, path: str) -> JSONResponse:

@@ -15,8 +15,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from enclave.api.errors import error_body
-from enclave.errors import PayloadTooLarge
+from enclave.errors import PayloadTooLarge, error_body
 from enclave.input_limits import json_too_deep
 from enclave.metrics import Metrics
 

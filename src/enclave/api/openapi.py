@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from enclave.api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from enclave.wire.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 _GATEWAY: dict[str, tuple[type[BaseModel], str, bool]] = {
     "/v1/chat/completions": (ChatCompletionRequest, "Create a chat completion", True),

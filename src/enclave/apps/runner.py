@@ -49,7 +49,6 @@ import httpx
 import numpy as np
 import orjson
 
-from enclave.api.openai.protocol import ChatCompletionRequest
 from enclave.apps.actions import ACTION_ID_PATTERN, Action, ActionStore
 from enclave.apps.calls import CallError, CallResult, call_operation, render_result, resolve_headers
 from enclave.apps.openapi import Operation, tidy_arguments
@@ -69,6 +68,7 @@ from enclave.knowledge.grounding import (
 from enclave.knowledge.service import Embedder
 from enclave.knowledge.text import content_words
 from enclave.settings import AppsConfig
+from enclave.wire.protocol import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
 

@@ -37,12 +37,12 @@ import orjson
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from enclave.api.openai.responses import fixed_chat_stream, sse, sse_error
 from enclave.auth.principals import Principal
 from enclave.chat.transcript import ANSWER_FIELDS, AnswerTranscript
 from enclave.errors import NotFound
 from enclave.gateway.service import Answer
 from enclave.storage.models import ConversationMessageRow, ConversationRow
+from enclave.wire.responses import fixed_chat_stream, sse, sse_error
 
 log = logging.getLogger(__name__)
 

@@ -9,17 +9,25 @@ limits and audits the call the same way whichever door it came in by.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from enclave.apps.runner import AppRunner
 from enclave.apps.service import parse_model_id
-from enclave.gateway.service import Answer, Call
-from enclave.knowledge.grounding import knowledge_options
-
-if TYPE_CHECKING:
-    from enclave.api.deps import Services
+from enclave.gateway.service import Answer, Call, Gateway
+from enclave.knowledge.grounding import GroundedChat, knowledge_options
 
 
-async def dispatch_chat(svc: Services, call: Call) -> Answer:
+class ChatEngines(Protocol):
+    """What answering a chat needs from the running services (``api.deps.Services``)."""
+
+    gateway: Gateway
+
+    def require_apps(self) -> tuple[Any, AppRunner]: ...
+
+    def require_grounding(self) -> GroundedChat: ...
+
+
+async def dispatch_chat(svc: ChatEngines, call: Call) -> Answer:
     """Answer one parsed and authenticated chat call."""
     app = parse_model_id(str(call.body.get("model", "")))
     if app is not None:

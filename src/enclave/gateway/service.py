@@ -40,8 +40,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-from enclave.api.openai import responses
-from enclave.api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from enclave.auth.principals import Principal
 from enclave.errors import (
     EnclaveError,
@@ -63,6 +61,8 @@ from enclave.providers.openai_upstream import OpenAIUpstream, UpstreamReply
 from enclave.runners.routing import prefix_key
 from enclave.settings import LimitsConfig, Settings, WorkspaceConfig
 from enclave.storage.batch_writer import CommitFailed
+from enclave.wire import responses
+from enclave.wire.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 log = logging.getLogger(__name__)
 

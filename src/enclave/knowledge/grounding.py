@@ -33,8 +33,6 @@ from typing import Any
 
 import orjson
 
-from enclave.api.openai.protocol import ChatCompletionRequest
-from enclave.api.openai.responses import DONE, sse
 from enclave.chat.transcript import AnswerTranscript
 from enclave.errors import InvalidRequest
 from enclave.gateway.service import Answer, Call, Gateway
@@ -43,6 +41,8 @@ from enclave.knowledge.conflicts import Disagreement, find_disagreement
 from enclave.knowledge.prompt_markup import MarkupStripper, strip_prompt_markup
 from enclave.knowledge.service import KnowledgeService, Passage
 from enclave.settings import KnowledgeConfig
+from enclave.wire.protocol import ChatCompletionRequest
+from enclave.wire.responses import DONE, sse
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered sources in the user's message. "

@@ -29,8 +29,6 @@ from enclave.api.conversations.protocol import (
     MessagePost,
 )
 from enclave.api.deps import Services, require_principal, services
-from enclave.api.openai.protocol import ChatCompletionRequest
-from enclave.api.openai.responses import sse_error
 from enclave.api.params import ResourceId, input_limits
 from enclave.apps.service import parse_model_id
 from enclave.auth.principals import Principal
@@ -41,6 +39,8 @@ from enclave.gateway.classification import CLASSIFICATION_HEADER
 from enclave.gateway.service import SSE_HEADERS, Answer, Call
 from enclave.input_limits import check_text
 from enclave.settings import InputLimitsConfig
+from enclave.wire.protocol import ChatCompletionRequest
+from enclave.wire.responses import sse_error
 
 router = APIRouter(prefix="/api/conversations", dependencies=[Depends(require_principal)])
 

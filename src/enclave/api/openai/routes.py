@@ -32,11 +32,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from enclave.api.deps import Services, authenticate_request, require_principal, services
-from enclave.api.openai.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-)
 from enclave.apps.service import parse_model_id
 from enclave.auth.principals import Principal
 from enclave.chat.dispatch import dispatch_chat
@@ -45,6 +40,11 @@ from enclave.gateway.classification import CLASSIFICATION_HEADER
 from enclave.gateway.service import SSE_HEADERS, Call, Wire
 from enclave.input_limits import check_json_depth, check_text
 from enclave.settings import InputLimitsConfig
+from enclave.wire.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_principal)])
 

@@ -18,11 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from enclave.api.errors import error_body
-from enclave.api.openai.protocol import completion_id, now, tool_call_dict, usage_dict
-from enclave.errors import EnclaveError
+from enclave.errors import EnclaveError, error_body
 from enclave.inference import Generation
 from enclave.providers.base import EmbeddingResult, Finished, TextDelta, ToolCall, ToolCallDelta
+from enclave.wire.protocol import completion_id, now, tool_call_dict, usage_dict
 
 log = logging.getLogger(__name__)
 
