@@ -32,6 +32,8 @@ browser:
 	  $(APT_INSTALL) chromium >/dev/null 2>&1 \
 	  || { $(SUDO) apt-get update -qq && $(APT_INSTALL) chromium >/dev/null; }; \
 	}
+	@command -v espeak-ng >/dev/null || $(APT_INSTALL) espeak-ng >/dev/null 2>&1 \
+	  || { $(SUDO) apt-get update -qq && $(APT_INSTALL) espeak-ng >/dev/null; }
 
 ACTIVATE_HINT := echo "The enclave and openai commands are in $(VENV)/bin: in another shell, run 'source $(VENV)/bin/activate' first."
 

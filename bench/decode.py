@@ -7,6 +7,8 @@ process with the threads of one server slot, then measures, interleaved
   a. single-stream decode tokens/s (streamed; first token to last token)
   b. time to first token for a ~200-token prompt
   c. aggregate tokens/s of N concurrent streams through the server
+  d. an editor completion: TTFT and p50 latency of a 30-token /v1/completions
+     (with suffix, fill-in-the-middle, where the model has FIM tokens)
 
 Both sides get the same prompt tokens (the server's own chat template),
 sampling (temperature, top_p, TOP_K, MIN_P, seed, repeat_penalty 1.0) and
@@ -63,6 +65,7 @@ parser.add_argument(
     help="direct side: Llama.create_completion(stream=True) or a bare Llama.generate loop",
 )
 parser.add_argument("--json", type=Path, default=None, help="also write the JSON line here")
+parser.add_argument("--editor-reps", type=int, default=10, help="measured reps of (d)")
 args = parser.parse_args()
 
 MODEL = "smollm2-135m"
@@ -299,6 +302,31 @@ async def concurrent_round(first_n):
         return await asyncio.gather(*jobs, return_exceptions=True)
 
 
+CODE = "import math\n\n\ndef area_of_circle_{n}(radius: float) -> float:\n    return "
+TAIL = "\n\n\nprint(area_of_circle_{n}(2.0))\n"
+
+
+def run_editor(client, n, fim):
+    """d. One editor completion: streamed /v1/completions of 30 tokens after a code
+    prefix, with the text after the cursor as ``suffix`` where the model can infill."""
+    request = dict(model=MODEL, prompt=CODE.format(n=n), max_tokens=30, stream=True, **SAMPLING)
+    request["stream_options"] = {"include_usage": True}
+    if fim:
+        request["suffix"] = TAIL.format(n=n)
+    result = new_result()
+    start = time.perf_counter()
+    with client.stream("POST", "/v1/completions", json=request) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                event = json.loads(line[6:])
+                if event.get("usage"):
+                    result["tokens"] = event["usage"]["completion_tokens"]
+                if any(choice.get("text") for choice in event.get("choices", [])):
+                    result["stamps"].append(time.perf_counter())
+    return finish_result(result, start, time.perf_counter())
+
+
 def decode_tps(r):
     """Tokens/s from first to last streamed token: (tokens - 1) intervals."""
     span = r["stamps"][-1] - r["stamps"][0] if len(r["stamps"]) > 1 else 0.0
@@ -380,6 +408,10 @@ try:
         results = asyncio.run(concurrent_round(2000 + 100 * rep))
         if rep:
             rounds.append(results)
+    # d. editor completion: 30 tokens, suffix (FIM) where the model has FIM tokens
+    probe = dict(model=MODEL, prompt="x", suffix="y", max_tokens=1)
+    fim = client.post("/v1/completions", json=probe).status_code == 200
+    editor = [run_editor(client, 3000 + rep, fim) for rep in range(args.editor_reps + 1)][1:]
     client.close()
 finally:
     if process.poll() is None:
@@ -411,6 +443,8 @@ for results in rounds:
         stream_decode += [decode_tps(r) for r in ok]
         stream_ttft += [ttft_ms(r) for r in ok]
 agg = med(aggregates)
+editor_ttft = med([ttft_ms(r) for r in editor])
+editor_p50 = med([1000 * (r["end"] - r["start"]) for r in editor])
 n = args.concurrency
 
 rows = [
@@ -435,6 +469,9 @@ rows = [
         max(stream_ttft, default=float("nan")),
     ),
     (f"   streams completed per round (of {n})", "/".join(map(str, completed)), None),
+    (f"d. editor completion TTFT p50 ms (fim {'on' if fim else 'off'})", editor_ttft, None),
+    ("   editor completion latency p50 ms, 30 tokens", editor_p50, None),
+    ("   completion tokens per editor request (median)", med([r["tokens"] for r in editor]), None),
 ]
 
 
@@ -482,6 +519,9 @@ summary = dict(
     aggregate_tps=round(agg, 2),
     aggregate_over_single_wall=round(agg / wall_server, 3),
     completed=completed,
+    editor_fim=fim,
+    editor_ttft_p50_ms=round(editor_ttft, 1),
+    editor_latency_p50_ms=round(editor_p50, 1),
 )
 line = json.dumps(summary)
 print(line)

@@ -26,6 +26,7 @@ from enclave.api.deps import Services
 from enclave.api.errors import install_error_handlers
 from enclave.api.knowledge import routes as knowledge_routes
 from enclave.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from enclave.api.openai import audio as audio_routes
 from enclave.api.openai import routes as openai_routes
 from enclave.api.openapi import install_openapi
 from enclave.api.platform import routes as platform_routes
@@ -36,6 +37,7 @@ from enclave.apps.service import AppService
 from enclave.auth.keys import KeyService
 from enclave.auth.sessions import SessionService
 from enclave.chat.conversations import ConversationService
+from enclave.chat.responses import ResponsesService, ResponseStore
 from enclave.egress import EgressGuard, EgressPolicy
 from enclave.errors import ConfigError, EnclaveError
 from enclave.gateway.audit import AuditLog, audit_head_path
@@ -255,6 +257,7 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
             metrics=metrics,
             sessions=SessionService(sessions, keys, settings.ui.session_ttl_s),
             conversations=ConversationService(sessions),
+            responses=ResponsesService(ResponseStore(sessions)),
             audit_reader=AuditReader(sessions, audit, audit_head_path(settings)),
             metrics_token=metrics_token,
             egress=EgressGuard(EgressPolicy.from_config(settings.egress), audit=audit),
@@ -297,6 +300,7 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     app.include_router(health.router)
     app.include_router(openai_routes.router)
     app.router.routes.extend(openai_routes.routes)
+    app.include_router(audio_routes.router)
     app.include_router(platform_routes.router)
     app.include_router(platform_routes.admin)
     app.include_router(knowledge_routes.router)
@@ -315,7 +319,10 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
-        larger=[(knowledge_routes.UPLOAD_PATH, max(upload_limit, settings.max_body_bytes))],
+        larger=[
+            (knowledge_routes.UPLOAD_PATH, max(upload_limit, settings.max_body_bytes)),
+            (audio_routes.AUDIO_PATH, settings.audio.max_file_bytes + 1024 * 1024),
+        ],
         max_json_depth=settings.input_limits.max_json_depth,
     )
     return app

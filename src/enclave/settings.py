@@ -91,7 +91,7 @@ class StrictModel(BaseModel):
 
 
 DEFAULT_CLASSIFICATIONS = ["public", "internal", "confidential", "secret"]
-LOCAL_PROVIDER_TYPES = ("llamacpp", "sentence-transformers")
+LOCAL_PROVIDER_TYPES = ("llamacpp", "sentence-transformers", "whisper")
 # An embedded chat model's answer stops here unless the request or the model says otherwise:
 # a tiny model that loops would otherwise generate until its context is full (minutes).
 EMBEDDED_MAX_TOKENS_DEFAULT = 1024
@@ -114,7 +114,7 @@ class ModelConfig(StrictModel):
         None,
         description=(
             "Local providers: 'builtin:smollm2', 'builtin:all-minilm-l6-v2', "
-            "or a local file or folder."
+            "'builtin:whisper-tiny-en', or a local file or folder."
         ),
     )
     upstream_name: str | None = Field(
@@ -143,7 +143,7 @@ class ProviderConfig(StrictModel):
     """A source of models: an embedded engine or an OpenAI-compatible upstream."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    type: Literal["llamacpp", "sentence-transformers", "openai"]
+    type: Literal["llamacpp", "sentence-transformers", "whisper", "openai"]
     location: str | None = Field(
         None,
         max_length=64,
@@ -354,6 +354,14 @@ class KnowledgeConfig(StrictModel):
         description="The answer when nothing relevant is found.",
     )
     url_fetch: UrlFetchConfig = Field(default_factory=UrlFetchConfig)
+
+
+class AudioConfig(StrictModel):
+    """Speech to text: ``/v1/audio/transcriptions`` and ``/v1/audio/translations``."""
+
+    max_file_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024, description="Largest audio file accepted; larger is 413."
+    )
 
 
 class AppsConfig(StrictModel):
@@ -678,6 +686,7 @@ class Settings(BaseSettings):
         description="Alias -> 'provider/model' targets in preference order.",
     )
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
     apps: AppsConfig = Field(default_factory=AppsConfig)
     egress: EgressConfig = Field(default_factory=EgressConfig)
     ui: UiConfig = Field(default_factory=UiConfig)

@@ -594,3 +594,31 @@ def test_api_results_pass_through_the_detectors(apps: AppsClient) -> None:
     entries = [e for e in apps.audit() if e["endpoint"] == "/v1/chat/completions"]
     assert [e["classification"] for e in entries][-1] == "confidential"
     assert {"type": "iban", "count": 1} in entries[-1]["findings"]
+
+
+def test_client_tools_sent_to_an_app_are_a_400(apps: AppsClient) -> None:
+    apps.apply(example_spec())
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    answer = apps.chat("Which vacancies are open?", tools=tools)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "tools"
+    assert "app/hr-assistant" in answer.json()["error"]["message"]
+    assert apps.provider.requests == [] and apps.api.requests == []
+
+
+def test_an_app_answer_names_the_app_as_its_model(apps: AppsClient) -> None:
+    apps.apply(example_spec())
+    answer = apps.chat("Which vacancies are open?")
+    assert answer.status_code == 200 and answer.json()["model"] == "app/hr-assistant"
+    with apps.client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": "app/hr-assistant",
+            "messages": [{"role": "user", "content": "Which vacancies are open?"}],
+            "stream": True,
+        },
+        headers=apps.auth(),
+    ) as response:
+        chunks = [json.loads(x[6:]) for x in response.iter_lines() if x.startswith("data: {")]
+    assert {chunk["model"] for chunk in chunks if "model" in chunk} == {"app/hr-assistant"}

@@ -27,6 +27,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from enclave.app import create_app
+from enclave.errors import InvalidRequest
 from enclave.gateway.forwarding import FORWARDED, Outbound
 from enclave.settings import Settings
 from enclave.testing.detector_variants import FAMILIES, KINDS, variant
@@ -475,3 +476,97 @@ def test_a_card_split_across_two_messages_never_reaches_the_public_upstream(
     assert response.status_code == 200, response.text
     assert response.headers["x-enclave-classification"] == "confidential"
     assert not mocks["cloud"].requests
+
+
+# -- token ids in place of text ----------------------------------------------------------
+
+CARD_AS_IDS = [ord(char) for char in "card 4111 1111 1111 1111"]  # ids the scan cannot read
+
+
+@pytest.mark.parametrize("value", [[CARD_AS_IDS], CARD_AS_IDS, ["hello", CARD_AS_IDS]])
+def test_a_secret_sent_as_token_ids_never_reaches_an_upstream(
+    client: TestClient, mocks: dict[str, MockUpstream], value: Any
+) -> None:
+    """LangChain's default OpenAIEmbeddings sends ``input`` as token ids: a 400 that names
+    the fix, and nothing reaches either upstream (ids cannot be scanned)."""
+    response = send(client, mocks, "/v1/embeddings", {"model": "embed", "input": value})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "input"
+    assert "check_embedding_ctx_length=False" in error["message"]
+    assert "input.str" not in error["message"] and "list[" not in error["message"]
+    assert mocks["cloud"].requests == [] and mocks["onprem"].requests == []
+
+
+@pytest.mark.parametrize(
+    ("capability", "body"),
+    [
+        ("embeddings", {"model": "e", "input": [CARD_AS_IDS]}),
+        ("completion", {"model": "m", "prompt": [CARD_AS_IDS]}),
+        ("completion", {"model": "m", "prompt": CARD_AS_IDS}),
+    ],
+)
+def test_the_forwarding_layer_refuses_token_ids_itself(capability: str, body: Any) -> None:
+    """Fail-closed below the wire models: were they ever to accept ids, none would leave."""
+    with pytest.raises(InvalidRequest):
+        Outbound(capability, body)
+
+
+def test_an_alias_is_echoed_as_the_model(
+    client: TestClient, mocks: dict[str, MockUpstream]
+) -> None:
+    chat = {"model": "best", "messages": [{"role": "user", "content": "hi"}]}
+    response = send(client, mocks, "/v1/chat/completions", chat)
+    assert response.status_code == 200 and response.json()["model"] == "best"
+    assert response.headers["x-enclave-model"] != "best"  # the header names who answered
+
+
+# -- /v1/responses: translated to chat first, so classified and forwarded the same way --------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"instructions": "Pay to SE45 5000 0000 0583 9825 7466.", "input": "hello"},
+        {
+            "input": [
+                {"role": "user", "content": "hello"},
+                {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
+                {
+                    "type": "function_call_output",
+                    "call_id": "c1",
+                    "output": "card 4111111111111111",
+                },
+            ]
+        },
+    ],
+    ids=["instructions", "function_call_output"],
+)
+def test_a_secret_in_a_responses_request_raises_its_class(
+    client: TestClient, mocks: dict[str, MockUpstream], body: dict[str, Any]
+) -> None:
+    response = send(client, mocks, "/v1/responses", {"model": "best", "store": False, **body})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-enclave-classification"] == "confidential"
+    assert response.headers["x-enclave-provider"] == "onprem"
+    assert not mocks["cloud"].requests
+    forwarded = mocks["onprem"].requests[0]
+    assert forwarded.path.endswith("/chat/completions")  # upstreams only ever see chat
+
+
+def test_a_clean_responses_request_stays_public_and_is_forwarded_as_chat(
+    client: TestClient, mocks: dict[str, MockUpstream]
+) -> None:
+    """(Which provider answers depends on the health earlier tests left; the class does not.)"""
+    body = {"model": "best", "input": "hello", "instructions": "Be brief.", "store": False}
+    response = send(client, mocks, "/v1/responses", body)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-enclave-classification"] == "public"
+    provider = response.headers["x-enclave-provider"]
+    forwarded = mocks[provider].requests[0]
+    assert forwarded.path.endswith("/chat/completions")
+    assert forwarded.body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hello"},
+    ]
+    assert response.json()["output"][0]["content"][0]["text"] == "tok0 tok1 "

@@ -538,3 +538,37 @@ def test_unknown_knowledge_options_are_refused(kapp: KnowledgeApp) -> None:
     )
     assert response.status_code == 400
     assert "knowlege" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_grounded_response_carries_its_citations_as_annotations(
+    kapp: KnowledgeApp, stream: bool
+) -> None:
+    """``/v1/responses`` with ``enclave.knowledge``: grounded chat underneath, citations as
+    the output text's ``file_citation`` annotations, the base's class raising the request's."""
+    from openai.types.responses import Response
+
+    kapp.create("hr", classification="confidential")
+    document = kapp.add("hr", "leave.md", LEAVE)
+    kapp.provider.script = Script(words=["Employees get ", "480 days of parental leave [1]", "."])
+    body = {
+        "model": "scripted",
+        "input": "How many days of parental leave per child?",
+        "enclave": {"knowledge": ["hr"]},
+        "stream": stream,
+    }
+    response = kapp.client.post("/v1/responses", json=body, headers=kapp.auth())
+    assert response.status_code == 200, response.text
+    assert response.headers["x-enclave-classification"] == "confidential"
+    if stream:
+        last = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")][-1]
+        completed = json.loads(last)
+        assert completed["type"] == "response.completed"
+        payload = completed["response"]
+    else:
+        payload = response.json()
+    parsed = Response.model_validate(payload)
+    assert parsed.output_text == "Employees get 480 days of parental leave [1]."
+    [note] = parsed.output[0].content[0].annotations  # type: ignore[union-attr]
+    assert note.type == "file_citation" and note.filename == "leave.md"
+    assert note.file_id == str(document["id"]) and note.index == parsed.output_text.index("[1]")

@@ -179,3 +179,38 @@ def test_metrics_count_requests_by_route_and_model(scripted: ScriptedApp) -> Non
     assert 'route="/v1/chat/completions"' in text and 'model="scripted"' in text
     assert 'enclave_tokens_total{direction="out",model="scripted"} 5.0' in text
     assert "enclave_time_to_first_token_seconds_bucket" in text
+
+
+def test_unsupported_tool_choice_forms_get_a_readable_400(scripted: ScriptedApp) -> None:
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    for choice in (
+        {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}},
+        "sometimes",
+        {"type": "function", "function": {}},
+    ):
+        response = scripted.client.post(
+            "/v1/chat/completions",
+            json={**CHAT, "tools": tools, "tool_choice": choice},
+            headers=scripted.auth(),
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == "tool_choice"
+        assert "literal[" not in error["message"] and "NamedToolChoice" not in error["message"]
+        assert "'auto'" in error["message"], error["message"]
+    allowed = scripted.client.post(
+        "/v1/chat/completions",
+        json={**CHAT, "tools": tools, "tool_choice": {"type": "allowed_tools"}},
+        headers=scripted.auth(),
+    ).json()["error"]["message"]
+    assert "allowed_tools" in allowed
+
+
+def test_union_members_never_show_in_an_error_location(scripted: ScriptedApp) -> None:
+    response = scripted.client.post(
+        "/v1/embeddings", json={"model": "scripted-embed", "input": 5}, headers=scripted.auth()
+    )
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert message.startswith("Invalid parameter 'input':"), message
+    assert "list[" not in message and "input.str" not in message

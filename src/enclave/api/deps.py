@@ -27,6 +27,7 @@ from enclave.auth.keys import KeyService
 from enclave.auth.principals import Principal
 from enclave.auth.sessions import CSRF_HEADER, SESSION_COOKIE, SessionService
 from enclave.chat.conversations import ConversationService
+from enclave.chat.responses import ResponsesService
 from enclave.egress import EgressGuard
 from enclave.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 from enclave.gateway.audit_reader import AuditReader
@@ -53,6 +54,7 @@ class Services:
     metrics: Metrics
     sessions: SessionService
     conversations: ConversationService
+    responses: ResponsesService
     audit_reader: AuditReader
     metrics_token: str | None = None
     started: int = field(default_factory=lambda: int(time.time()))

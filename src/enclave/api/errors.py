@@ -19,6 +19,7 @@ removed is redirected (307). The ``Location`` is built from the configured
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -53,9 +54,17 @@ def error_response(error: EnclaveError, path: str) -> JSONResponse:
     return JSONResponse(error_body(error, path), status_code=error.status_code, headers=headers)
 
 
+# Parts of a pydantic error location that name a union member, not a field.
+_UNION_TAG = re.compile(r"[\[\]'\-]|^[A-Z]|^(str|int|float|bool|list|dict|none)$")
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0]
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    loc = [
+        str(part)
+        for part in first.get("loc", ())
+        if part != "body" and not (isinstance(part, str) and _UNION_TAG.search(part))
+    ]
     if first.get("type") == "json_invalid":
         return "The request body is not valid JSON.", None
     if first.get("type") == "missing" and loc:

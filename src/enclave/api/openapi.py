@@ -2,7 +2,7 @@
 
 FastAPI's generated document is corrected in three ways:
 
-* the three token-spending ``/v1`` endpoints are plain Starlette routes (see
+* the token-spending ``/v1`` endpoints are plain Starlette routes (see
   :mod:`enclave.api.openai.routes`), so FastAPI does not see them; they are
   added here with their request bodies, taken from the same pydantic models
   that parse them;
@@ -24,11 +24,13 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from enclave.wire.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from enclave.wire.responses_api import ResponsesRequest
 
 _GATEWAY: dict[str, tuple[type[BaseModel], str, bool]] = {
     "/v1/chat/completions": (ChatCompletionRequest, "Create a chat completion", True),
     "/v1/completions": (CompletionRequest, "Create a text completion", True),
     "/v1/embeddings": (EmbeddingRequest, "Create embeddings", False),
+    "/v1/responses": (ResponsesRequest, "Create a model response (Responses API)", True),
 }
 
 _DESCRIPTIONS = {
@@ -109,7 +111,8 @@ def _gateway_operation(
     if streams:
         content["text/event-stream"] = {
             "schema": {"type": "string"},
-            "description": "With stream: true, server-sent events ending in data: [DONE].",
+            "description": "With stream: true, server-sent events ending in data: [DONE] "
+            "(/v1/responses: response.* events ending in response.completed or .failed).",
         }
     return {
         "tags": ["openai"],

@@ -243,6 +243,13 @@ class AppRunner:
     async def handle(self, call: Call, name: str, ref: str | None) -> Answer:
         """Answer one chat request to ``app/<name>`` (``ref``: a draft id, or None)."""
         app = self.apps.load(call.principal.workspace_id, name, ref)
+        for refused in ("tools", "functions"):
+            if call.body.get(refused):
+                raise InvalidRequest(
+                    f"'{refused}' cannot be sent to {app.model_id}: an app calls only the APIs "
+                    "its manifest declares. Send tools to a model instead.",
+                    param=refused,
+                )
         call = self._with_floor(call, app)
         options = app_options(call.body)
         messages = call.body.get("messages") or []

@@ -29,7 +29,7 @@ from typing import Any
 import jsonschema
 from llama_cpp.llama_grammar import JSON_GBNF
 
-from enclave.chat.schema_grammar import schema_to_gbnf
+from enclave.chat.schema_grammar import hoist_defs, schema_to_gbnf
 from enclave.chat.template import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from enclave.errors import InvalidRequest
 from enclave.providers.base import ResponseFormat, ToolCall, ToolSpec
@@ -87,22 +87,34 @@ class OutputPlan:
                 jsonschema.validate(json.loads(text), self.schema)
             except jsonschema.ValidationError as exc:
                 raise ValueError(exc.message) from exc
+            except Exception as exc:  # a schema jsonschema cannot use: never a 5xx
+                raise ValueError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _tool_call_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:
-    variants = [
-        {
-            "type": "object",
-            "properties": {
-                "name": {"const": tool.name},
-                "arguments": tool.parameters or {"type": "object"},
-            },
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for tool in tools
-    ]
-    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+    """``{"name": ..., "arguments": ...}`` for each tool (a union over several).
+
+    Each tool's parameters sit under ``properties.arguments``, where its
+    ``#/$defs/...`` references would no longer resolve: its ``$defs`` move to the
+    wrapper's root, renamed per tool so two tools' ``Address`` do not collide.
+    """
+    defs: dict[str, Any] = {}
+    variants = []
+    for index, tool in enumerate(tools):
+        base = "#/properties/arguments" if len(tools) == 1 else f"#/anyOf/{index}"
+        base += "" if len(tools) == 1 else "/properties/arguments"
+        arguments, hoisted = hoist_defs(tool.parameters or {"type": "object"}, f"t{index}_", base)
+        defs.update(hoisted)
+        variants.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": tool.name}, "arguments": arguments},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    schema: dict[str, Any] = variants[0] if len(variants) == 1 else {"anyOf": variants}
+    return {**schema, "$defs": defs} if defs else schema
 
 
 def _schema_grammar(schema: dict[str, Any], param: str) -> str:

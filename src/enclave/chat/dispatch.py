@@ -31,7 +31,8 @@ async def dispatch_chat(svc: ChatEngines, call: Call) -> Answer:
     """Answer one parsed and authenticated chat call."""
     app = parse_model_id(str(call.body.get("model", "")))
     if app is not None:
-        return await svc.require_apps()[1].handle(call, *app)
+        answer = await svc.require_apps()[1].handle(call, *app)
+        return answer.echo_model(str(call.body["model"]))
     options = knowledge_options(call.body)
     if options is not None:
         return await svc.require_grounding().handle(call, options)

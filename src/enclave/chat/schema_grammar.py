@@ -11,6 +11,11 @@ bounds: ``{"type": "integer", "maximum": 150}`` could yield ``2003``. We add:
 * numbers with integer bounds: the integer part ranged, the top value only
   with zero decimals.
 
+``$defs`` / ``$ref`` (local ``#/...`` references only), ``anyOf``, ``enum`` and
+``const`` go through the converter. Its ``resolve_refs`` rewrites each
+``$ref`` in place, so it works on a deep copy: the caller's schema (which is
+also validated against, and may be forwarded upstream) stays as sent.
+
 Keywords no grammar here can enforce (``multipleOf``, ``uniqueItems``, ``not``
 …) are refused with a 400 naming them, rather than accepted and broken: the
 promise is that the output validates.
@@ -22,9 +27,11 @@ accepts exactly the integers in range.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,7 +280,78 @@ def check_enforceable(schema: Any, path: str = "") -> None:
 def schema_to_gbnf(schema: dict[str, Any]) -> str:
     """Compile a JSON schema to a GBNF grammar whose every output validates."""
     check_enforceable(schema)
+    check_refs(schema)
     converter = _BoundedConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-    resolved = converter.resolve_refs(schema, "input")
+    resolved = converter.resolve_refs(copy.deepcopy(schema), "input")
     converter.visit(resolved, "")
     return str(converter.format_grammar())
+
+
+def _walk_refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            yield ref
+        for value in node.values():
+            yield from _walk_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk_refs(value)
+
+
+def check_refs(schema: dict[str, Any]) -> None:
+    """Raise ``InvalidRequest`` unless every ``$ref`` is local and resolves."""
+    for ref in _walk_refs(schema):
+        if ref != "#" and not ref.startswith("#/"):
+            raise InvalidRequest(
+                f"JSON schema $ref '{ref}' is not supported: only local references "
+                "('#/$defs/...') are.",
+                param="response_format",
+            )
+        target: Any = schema
+        for part in ref[2:].split("/") if ref != "#" else ():
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(target, dict) and part in target:
+                target = target[part]
+            elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+                target = target[int(part)]
+            else:
+                raise InvalidRequest(
+                    f"JSON schema $ref '{ref}' does not resolve within the schema.",
+                    param="response_format",
+                )
+
+
+def hoist_defs(schema: dict[str, Any], prefix: str, base: str) -> tuple[Any, dict[str, Any]]:
+    """A copy of ``schema`` without its ``$defs``, and those definitions renamed
+    ``<prefix><name>``, with every ``$ref`` rewritten to match.
+
+    For embedding a schema at JSON pointer ``base`` inside a larger one whose root
+    collects the definitions: references into ``$defs`` / ``definitions`` point at the
+    renamed root definitions, other local references (``#``, ``#/properties/...``)
+    are re-based under ``base``.
+    """
+    schema = copy.deepcopy(schema)
+    defs: dict[str, Any] = {}
+    for key in ("$defs", "definitions"):
+        for name, definition in (schema.pop(key, None) or {}).items():
+            defs[f"{prefix}{name}"] = definition
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {key: rewrite(value) for key, value in node.items()}
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                for key in ("$defs", "definitions"):
+                    if ref.startswith(f"#/{key}/"):
+                        out["$ref"] = f"#/$defs/{prefix}{ref[len(key) + 3 :]}"
+                        break
+                else:
+                    if ref == "#" or ref.startswith("#/"):
+                        out["$ref"] = base + ref[1:]
+            return out
+        if isinstance(node, list):
+            return [rewrite(value) for value in node]
+        return node
+
+    return rewrite(schema), {name: rewrite(value) for name, value in defs.items()}

@@ -17,6 +17,7 @@ from enclave.cli import (
     runner,
     runners,
     serve,
+    transcribe,
     usage,
 )
 
@@ -45,6 +46,7 @@ app.add_typer(deployments.app, name="deployments")
 app.command("apply")(apps.apply_command)
 app.add_typer(apps.app, name="apps")
 app.command("test")(app_tests.test_command)
+app.command("transcribe")(transcribe.transcribe)
 
 
 @app.command()

@@ -19,7 +19,8 @@ number can be sent as a number.
 Content parts are forwarded only when their ``type`` is known (``text``,
 ``image_url``); any other part is a 400, not a silent drop, because dropping
 part of a message changes what it says. Unknown fields anywhere else are
-dropped, and ``docs/gateway.md`` lists what goes through.
+dropped, and ``docs/gateway.md`` lists what goes through. Token ids in place of
+text (``input`` / ``prompt`` as integers) are a 400: ids cannot be scanned.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ FORWARDED: dict[str, Shape] = {
         "dimensions": FREE,
         "user": FREE,
     },
+    # Speech: the transcript is what is classified (the audio itself stays on-prem).
+    "transcription": {"model": FREE, "input": FREE},
+    "translation": {"model": FREE, "input": FREE},
 }
 
 
@@ -142,6 +146,7 @@ class Outbound:
         part of a type that is not forwarded.
         """
         self.strings: list[str] = []
+        _refuse_token_ids(capability, body)
         shaped = self._shape(body, FORWARDED[capability], "")
         assert isinstance(shaped, dict)
         self.body: dict[str, Any] = shaped
@@ -194,6 +199,22 @@ class Outbound:
                 and math.isfinite(value)
             ):
                 strings.append(str(int(value)))
+
+
+# Fields whose text may also come as token ids (lists of integers). Ids cannot be
+# scanned (a secret spelled as ids reads as small numbers), so they never leave.
+_TEXT_FIELDS = {"embeddings": "input", "completion": "prompt"}
+
+
+def _refuse_token_ids(capability: str, body: Mapping[str, Any]) -> None:
+    field = _TEXT_FIELDS.get(capability)
+    value = body.get(field) if field else None
+    if isinstance(value, list) and any(not isinstance(item, str) for item in value):
+        raise InvalidRequest(
+            f"'{field}' as token ids is not accepted: send the text itself, so it can be "
+            "checked before it is forwarded.",
+            param=field,
+        )
 
 
 def dropped_fields(capability: str, body: Mapping[str, Any]) -> list[str]:

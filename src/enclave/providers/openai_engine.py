@@ -89,6 +89,8 @@ def chat_body(request: GenerationRequest, upstream_model: str) -> dict[str, Any]
     }
     if request.prompt is not None:
         body["prompt"] = request.prompt
+        if request.suffix is not None:
+            body["suffix"] = request.suffix
     else:
         body["messages"] = [_message(message) for message in request.messages]
     if sampling.max_tokens is not None:

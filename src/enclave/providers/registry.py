@@ -44,6 +44,14 @@ def _sentence_transformers(config: ProviderConfig, settings: Settings) -> Provid
     )
 
 
+def _whisper(config: ProviderConfig, settings: Settings) -> Provider:
+    from enclave.providers.whisper import WhisperProvider
+
+    return WhisperProvider(
+        config.name, config.models, settings.runner.queue_size, threads=settings.runner.threads or 0
+    )
+
+
 def _openai(config: ProviderConfig, settings: Settings) -> Provider:
     from enclave.providers.openai_upstream import OpenAIUpstream
 
@@ -67,6 +75,7 @@ def _in_runner(config: ProviderConfig, settings: Settings) -> Provider:
 PROVIDER_TYPES: dict[str, Callable[[ProviderConfig, Settings], Provider]] = {
     "llamacpp": _llamacpp,
     "sentence-transformers": _sentence_transformers,
+    "whisper": _whisper,
     "openai": _openai,
 }
 

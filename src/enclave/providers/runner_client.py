@@ -42,13 +42,17 @@ from enclave.providers.base import (
     Health,
     ModelCard,
     Provider,
+    Transcript,
+    TranscriptionOptions,
 )
 from enclave.runners.protocol import (
     PREFIX,
     EventLines,
     error_from_wire,
     event_from_wire,
+    options_to_wire,
     request_to_wire,
+    transcript_from_wire,
 )
 
 # Connection problems that mean "the runner is gone", as opposed to an answer.
@@ -221,6 +225,23 @@ class RunnerProvider(Provider):
             if response.status != 200:
                 raise error_from_wire(data["error"])
             return EmbeddingResult(data["vectors"], int(data["prompt_tokens"]))
+
+    async def transcribe(
+        self, model: str, audio: bytes, options: TranscriptionOptions
+    ) -> Transcript:
+        assert self._session is not None, "start() first"
+        url = await self._url(f"/providers/{self.hosted(model)}/transcribe")
+        params = {"model": model, "options": orjson.dumps(options_to_wire(options)).decode()}
+        try:
+            async with self._session.post(
+                url, data=audio, params=params, headers=self._headers()
+            ) as response:
+                data = orjson.loads(await response.read())
+        except BROKEN:
+            raise await self.broken("while transcribing") from None
+        if response.status != 200:
+            raise error_from_wire(data["error"])
+        return transcript_from_wire(data)
 
     async def health(self) -> Health:
         url = self.runner.url

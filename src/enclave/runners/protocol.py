@@ -22,6 +22,9 @@ Bodies are JSON (orjson); the version is :data:`PROTOCOL_VERSION`.
 ``POST /runner/v1/providers/{name}/embed``  body ``{"model", "inputs", "priority"}``
     ``{"vectors", "prompt_tokens"}``; closing the connection drops the request
     before its next batch, as cancelling an in-process ``embed`` does.
+``POST /runner/v1/providers/{name}/transcribe?model=M&options=JSON``  body: the audio bytes
+    ``{"text", "language", "duration", "segments": [[id, start, end, text, [[word, start,
+    end]]]]}``; ``options`` are :class:`~enclave.providers.base.TranscriptionOptions`.
 
 An ``error`` is ``{"type", "message", "param", "code", "headers"}`` where
 ``type`` names a class of :mod:`enclave.errors`; the client raises the same
@@ -50,6 +53,10 @@ from enclave.providers.base import (
     ToolCall,
     ToolCallDelta,
     ToolSpec,
+    Transcript,
+    TranscriptionOptions,
+    TranscriptSegment,
+    TranscriptWord,
     Usage,
 )
 
@@ -76,6 +83,7 @@ def request_to_wire(request: GenerationRequest) -> dict[str, Any]:
             for m in request.messages
         ],
         "prompt": request.prompt,
+        "suffix": request.suffix,
         "sampling": {
             "max_tokens": s.max_tokens,
             "temperature": s.temperature,
@@ -115,6 +123,7 @@ def request_from_wire(data: dict[str, Any]) -> GenerationRequest:
             for m in data.get("messages") or ()
         ),
         prompt=data.get("prompt"),
+        suffix=data.get("suffix"),
         sampling=SamplingParams(**sampling),
         response_format=ResponseFormat(**(data.get("response_format") or {})),
         tools=tuple(ToolSpec(**tool) for tool in data.get("tools") or ()),
@@ -226,6 +235,47 @@ def error_from_wire(data: dict[str, Any]) -> EnclaveError:
     return exc
 
 
+# -- transcription ---------------------------------------------------------------
+
+
+def options_to_wire(options: TranscriptionOptions) -> dict[str, Any]:
+    return {
+        "task": options.task,
+        "language": options.language,
+        "prompt": options.prompt,
+        "temperature": options.temperature,
+        "word_timestamps": options.word_timestamps,
+    }
+
+
+def options_from_wire(data: dict[str, Any]) -> TranscriptionOptions:
+    return TranscriptionOptions(**data)
+
+
+def transcript_to_wire(transcript: Transcript) -> dict[str, Any]:
+    return {
+        "text": transcript.text,
+        "language": transcript.language,
+        "duration": transcript.duration,
+        "segments": [
+            [s.id, s.start, s.end, s.text, [[w.word, w.start, w.end] for w in s.words]]
+            for s in transcript.segments
+        ],
+    }
+
+
+def transcript_from_wire(data: dict[str, Any]) -> Transcript:
+    return Transcript(
+        text=data["text"],
+        language=data["language"],
+        duration=float(data["duration"]),
+        segments=tuple(
+            TranscriptSegment(i, start, end, text, tuple(TranscriptWord(*w) for w in words))
+            for i, start, end, text, words in data["segments"]
+        ),
+    )
+
+
 # -- model cards -----------------------------------------------------------------
 
 
@@ -243,6 +293,7 @@ def card_to_wire(card: ModelCard) -> dict[str, Any]:
             "json_schema": c.json_schema,
             "context_length": c.context_length,
             "embedding_dimensions": c.embedding_dimensions,
+            "transcription": c.transcription,
         },
     }
 

@@ -45,7 +45,9 @@ from enclave.runners.protocol import (
     card_to_wire,
     error_to_wire,
     event_to_wire,
+    options_from_wire,
     request_from_wire,
+    transcript_to_wire,
 )
 from enclave.settings import InputLimitsConfig, ProviderConfig, RunnerConfig, Settings
 
@@ -128,6 +130,7 @@ class RunnerServer:
         app.router.add_get(f"{PREFIX}/health", self.health)
         app.router.add_post(f"{PREFIX}/providers/{{name}}/generate", self.generate)
         app.router.add_post(f"{PREFIX}/providers/{{name}}/embed", self.embed)
+        app.router.add_post(f"{PREFIX}/providers/{{name}}/transcribe", self.transcribe)
         if self.host is not None:
             self.host.add_routes(app, PREFIX)
         return app
@@ -227,6 +230,19 @@ class RunnerServer:
         return web.Response(
             body=orjson.dumps({"vectors": result.vectors, "prompt_tokens": result.prompt_tokens}),
             content_type="application/json",
+        )
+
+    async def transcribe(self, request: web.Request) -> web.Response:
+        try:
+            provider = self._provider(request)
+            options = options_from_wire(orjson.loads(request.query.get("options", "{}")))
+            transcript = await provider.transcribe(
+                request.query.get("model", ""), await request.read(), options
+            )
+        except EnclaveError as exc:
+            return error_response(exc)
+        return web.Response(
+            body=orjson.dumps(transcript_to_wire(transcript)), content_type="application/json"
         )
 
 

@@ -357,3 +357,19 @@ class DeploymentRow(Base):
     spec_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+
+
+class StoredResponseRow(Base):
+    """A ``/v1/responses`` answer kept for ``previous_response_id`` and ``GET``, owned by
+    the key that created it (``chat/stored_responses.py``)."""
+
+    __tablename__ = "stored_responses"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"), index=True)
+    # The response object as sent to the client.
+    response_json: Mapped[str] = mapped_column(Text)
+    # The conversation up to and including this response, as chat messages.
+    messages_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())

@@ -8,6 +8,7 @@ into the provider-neutral domain objects in :mod:`enclave.providers.base` via
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
@@ -180,6 +181,26 @@ class ChatCompletionRequest(SamplingWire):
     parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
 
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _tool_choice_form(cls, value: Any) -> Any:
+        """Name the supported forms, instead of pydantic's union internals."""
+        forms = (
+            "send 'none', 'auto', 'required' or "
+            '{"type": "function", "function": {"name": "..."}}'
+        )
+        if value is None or value in ("none", "auto", "required"):
+            return value
+        if isinstance(value, dict):
+            kind = value.get("type")
+            function = value.get("function")
+            if kind == "function" and isinstance(function, dict):
+                if isinstance(function.get("name"), str):
+                    return value
+                raise ValueError(f"a function tool_choice needs function.name; {forms}")
+            raise ValueError(f"tool_choice of type {json.dumps(kind)} is not supported; {forms}")
+        raise ValueError(f"tool_choice {json.dumps(value)[:40]} is not supported; {forms}")
+
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
         if self.logprobs:
@@ -219,8 +240,6 @@ class CompletionRequest(SamplingWire):
     def _supported(self) -> CompletionRequest:
         if self.logprobs:
             raise ValueError("logprobs are not supported")
-        if self.suffix:
-            raise ValueError("suffix (fill-in-the-middle) is not supported")
         if self.best_of not in (None, 1):
             raise ValueError("only best_of=1 is supported")
         if isinstance(self.prompt, list) and not self.prompt:
@@ -234,9 +253,17 @@ class CompletionRequest(SamplingWire):
         return GenerationRequest(
             model=self.model,
             prompt=prompt,
+            suffix=self.suffix,
             sampling=self.sampling(self.max_tokens if self.max_tokens is not None else 16),
             tenant=tenant,
         )
+
+
+EMBEDDING_TOKEN_IDS = (
+    "token ids are not accepted, send the text itself (a string or a list of strings). "
+    "LangChain's OpenAIEmbeddings sends token ids by default: "
+    "create it with check_embedding_ctx_length=False"
+)
 
 
 class EmbeddingRequest(WireModel):
@@ -245,6 +272,15 @@ class EmbeddingRequest(WireModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, le=INT64_MAX)
     user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        """Token ids are refused, not decoded: LangChain sends tiktoken's ids, which are
+        not the served model's, and ids sent upstream could not be scanned."""
+        if isinstance(value, list) and any(not isinstance(item, str) for item in value):
+            raise ValueError(EMBEDDING_TOKEN_IDS)
+        return value
 
     def inputs(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)

@@ -60,7 +60,8 @@ async def collect(generation: Generation) -> tuple[str, list[ToolCall], Finished
 
 async def chat_completion_body(generation: Generation) -> dict[str, Any]:
     text, calls, finished = await collect(generation)
-    message: dict[str, Any] = {"role": "assistant", "content": None if calls else text}
+    # No text at all (tool calls, or a tool call cut off by max_tokens): content null.
+    message: dict[str, Any] = {"role": "assistant", "content": text if text and not calls else None}
     if calls:
         message["tool_calls"] = [tool_call_dict(call) for call in calls]
     return {
@@ -256,6 +257,45 @@ async def append_fields(
                 yield DONE
                 continue
             yield data
+    finally:
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _event_with_model(event: bytes, model: str) -> bytes:
+    if not event.startswith(b"data: {"):
+        return event
+    try:
+        payload = json.loads(event[6:])
+    except ValueError:
+        return event
+    if not isinstance(payload, dict) or payload.get("model", model) == model:
+        return event
+    return (
+        b"data: "
+        + json.dumps(
+            {**payload, "model": model}, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+    )
+
+
+def body_with_model(body: bytes, model: str) -> bytes:
+    """A JSON response body whose ``model`` says ``model`` (what the client asked for)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(payload, dict) or payload.get("model", model) == model:
+        return body
+    return json.dumps({**payload, "model": model}, ensure_ascii=False).encode()
+
+
+async def stream_with_model(stream: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:
+    """Pass an SSE stream through with each chunk's ``model`` set to ``model``."""
+    try:
+        async for data in stream:
+            yield b"\n\n".join(_event_with_model(event, model) for event in data.split(b"\n\n"))
     finally:
         close = getattr(stream, "aclose", None)
         if close is not None:

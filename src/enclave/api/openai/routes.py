@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -45,6 +45,7 @@ from enclave.wire.protocol import (
     CompletionRequest,
     EmbeddingRequest,
 )
+from enclave.wire.responses_api import ResponsesRequest
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_principal)])
 
@@ -128,7 +129,10 @@ async def get_model(
     raise ModelNotFound(model_id)
 
 
-def _parse(raw: bytes, model: type[Wire]) -> tuple[dict[str, Any], Wire]:
+Parsed = TypeVar("Parsed", bound=BaseModel)
+
+
+def _parse(raw: bytes, model: type[Parsed]) -> tuple[dict[str, Any], Parsed]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -188,8 +192,49 @@ def _endpoint(capability: str, model: type[Wire]) -> Any:
     return endpoint
 
 
+async def responses_endpoint(request: Request) -> Response:
+    """``POST /v1/responses``: translated into a chat call (``chat/responses.py``)."""
+    svc: Services = request.app.state.services
+    request.scope["route"] = ROUTES[request.scope["path"]]
+    principal = authenticate_request(request, svc)
+    request.state.principal = principal
+    _, wire = _parse(await request.body(), ResponsesRequest)
+    limits = svc.settings.input_limits
+    check_text(wire.model, "model", limits.max_model_name_chars, "max_model_name_chars")
+    call, conversation = await svc.responses.chat_call(
+        principal,
+        wire,
+        classification_header=request.headers.get(CLASSIFICATION_HEADER),
+        received=request.state.received,
+    )
+    check_wire(call.wire, limits)
+    answer = await svc.responses.answer(svc, call, wire, conversation)
+    request.state.model = answer.headers.get("x-enclave-model", "none")
+    if answer.stream is not None:
+        return StreamingResponse(
+            answer.stream,
+            status_code=answer.status,
+            media_type=answer.media_type,
+            headers={**SSE_HEADERS, **answer.headers},
+        )
+    return Response(
+        answer.body, answer.status, headers=answer.headers, media_type=answer.media_type
+    )
+
+
+@router.get("/responses/{response_id}", summary="Retrieve a stored response")
+async def get_response(
+    response_id: str,
+    principal: Principal = Depends(require_principal),
+    svc: Services = Depends(services),
+) -> dict[str, Any]:
+    """A response created with ``store`` (the default) by this key; 404 otherwise."""
+    return await svc.responses.retrieve(principal, response_id)
+
+
 routes = [
     Route("/v1/chat/completions", _endpoint("chat", ChatCompletionRequest), methods=["POST"]),
+    Route("/v1/responses", responses_endpoint, methods=["POST"]),
     Route("/v1/completions", _endpoint("completion", CompletionRequest), methods=["POST"]),
     Route("/v1/embeddings", _endpoint("embeddings", EmbeddingRequest), methods=["POST"]),
 ]
