@@ -276,7 +276,9 @@ def test_an_uploaded_document_is_indexed_searched_and_cited(
     # "Choose files" once: the label is the control, the native input (which would
     # say "Choose Files" again) is visually hidden.
     expect(zone.get_by_text("Choose files", exact=True)).to_be_visible()
-    native = box(zone.locator("input[type=file]"))
+    native = box(zone.locator("#choose-files"))
+    # No model transcribes here, so the audio transcript control is not offered.
+    expect(zone.get_by_text("Add audio transcript", exact=True)).to_be_hidden()
     assert native["width"] <= 1 and native["height"] <= 1, native
 
     leave = tmp_path / "leave.md"

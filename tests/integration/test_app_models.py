@@ -43,7 +43,10 @@ def test_a_gguf_file_added_by_path_is_listed_and_serves(tmp_path: Path) -> None:
             },
         )
         assert reply.status_code == 200
-        assert reply.json()["model"] == "my-model"
+        # The response names the model as the client asked for it; the header names
+        # the model that answered.
+        assert reply.json()["model"] == "lab/my-model"
+        assert reply.headers["x-enclave-model"] == "my-model"
 
 
 def test_a_missing_model_file_is_a_config_error(tmp_path: Path) -> None:

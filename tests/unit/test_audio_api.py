@@ -4,6 +4,7 @@ classification of the transcript, and the ``enclave transcribe`` command."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,6 +168,9 @@ def test_transcript_with_a_secret_is_classified_and_audited(
     assert entry["classification"] == "confidential"
     assert entry["outcome"] == "ok" and entry["provider"] == "speech"
     assert "19121212" not in json.dumps(entry)
+    usage = client.get("/api/usage", headers=AUTH).json()["data"]
+    line = next(u for u in usage if u["model"] == "whisper-test")
+    assert line["audio_seconds"] == 3725.25 and line["completion_tokens"] > 0
 
 
 def test_cli_prints_and_adds_to_knowledge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,3 +224,30 @@ def test_transcripts_and_options_cross_the_runner_protocol() -> None:
     assert protocol.transcript_from_wire(wire) == transcript
     options = TranscriptionOptions(task="translate", prompt="p", word_timestamps=True)
     assert protocol.options_from_wire(protocol.options_to_wire(options)) == options
+
+
+def test_the_knowledge_page_can_transcribe_with_the_session_cookie(
+    speech: tuple[TestClient, FakeTranscriber],
+) -> None:
+    """The UI finds a transcribing model in /v1/models and posts with cookie and CSRF token."""
+    client, _ = speech
+    models = client.get("/v1/models", headers=AUTH).json()["data"]
+    assert next(m for m in models if m["id"] == "whisper-test")["capabilities"] == ["transcription"]
+    response = client.post("/ui/login", data={"api_key": ADMIN_KEY}, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    page = client.get("/knowledge").text
+    assert 'id="choose-audio"' in page
+    found = re.search(r'<meta name="csrf-token" content="([^"]*)"', page)
+    assert found is not None
+    files = {"file": ("talk.wav", WAV)}
+    data = {"model": "whisper-test"}
+    refused = client.post("/v1/audio/transcriptions", files=files, data=data)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "csrf_failed"
+    answer = client.post(
+        "/v1/audio/transcriptions",
+        files=files,
+        data=data,
+        headers={"X-CSRF-Token": found.group(1)},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["text"] == "Hello there. General Kenobi."

@@ -237,6 +237,7 @@ def test_cli_json_and_filters(home: Path) -> None:
             "prompt_tokens": 150,
             "completion_tokens": 50,
             "total_tokens": 200,
+            "audio_seconds": 0.0,
         }
     ]
     result = runner.invoke(app, ["usage", "--since", "2026-11-01", "--workspace", "default"])
@@ -263,3 +264,25 @@ def test_cli_refuses_a_bad_date(home: Path) -> None:
     result = CliRunner().invoke(app, ["usage", "--since", "01/11/2026"])
     assert result.exit_code == 2
     assert "YYYY-MM-DD" in result.output
+
+
+def test_audio_seconds_are_summed_and_shown_in_the_cli(enclave_home: Path) -> None:
+    settings = load_settings()
+    engine, sessions = open_database(settings.resolved_database_url)
+    ledger = UsageLedger(sessions)
+    for seconds in (4.25, 2.5):
+        ledger.record(UsageRecord(at(NOV1, 9), 3, "default", "speech", "whisper", 0, 12, seconds))
+    ledger.record(usage(at(NOV1, 10), model="smollm2"))
+    lines = ledger.report()
+    ledger.close()
+    engine.dispose()
+    assert [(line.model, line.requests, line.audio_seconds) for line in lines] == [
+        ("smollm2", 1, 0.0),
+        ("whisper", 2, 6.75),
+    ]
+    assert lines[1].as_dict()["audio_seconds"] == 6.75
+    result = CliRunner().invoke(app, ["usage", "--since", "2026-11-01"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert rows[0][-1] == "AUDIO_S"
+    assert rows[1][-1] == "0.0" and rows[2][-1] == "6.8" and rows[-1][-1] == "6.8"

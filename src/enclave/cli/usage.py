@@ -1,4 +1,7 @@
-"""``enclave usage``: requests and tokens per UTC day, workspace, key, provider and model."""
+"""``enclave usage``: requests and tokens per UTC day, workspace, key, provider and model.
+
+An ``AUDIO_S`` column (seconds of audio transcribed) appears when the period has any.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ HEADERS = (
     "COMPLETION",
     "TOTAL",
 )
+AUDIO_HEADER = "AUDIO_S"
 NUMERIC = 5  # columns from here on are right-aligned
 
 
@@ -48,8 +52,12 @@ def _day(text: str | None, option: str) -> date | None:
         ) from None
 
 
-def _cells(line: UsageLine) -> tuple[str, ...]:
-    return (
+def _seconds(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def _cells(line: UsageLine, audio: bool) -> tuple[str, ...]:
+    cells = (
         line.day.isoformat(),
         line.workspace,
         "-" if line.key_id is None else str(line.key_id),
@@ -60,12 +68,15 @@ def _cells(line: UsageLine) -> tuple[str, ...]:
         str(line.completion_tokens),
         str(line.total_tokens),
     )
+    return (*cells, _seconds(line.audio_seconds)) if audio else cells
 
 
 def render_table(lines: list[UsageLine]) -> str:
-    """The report as an aligned text table with a total row."""
-    rows = [HEADERS, *(_cells(line) for line in lines)]
-    total = (
+    """The report as an aligned text table with a total row (``AUDIO_S`` if any audio)."""
+    audio = any(line.audio_seconds for line in lines)
+    headers = (*HEADERS, AUDIO_HEADER) if audio else HEADERS
+    rows = [headers, *(_cells(line, audio) for line in lines)]
+    total: tuple[str, ...] = (
         "total",
         "",
         "",
@@ -76,8 +87,10 @@ def render_table(lines: list[UsageLine]) -> str:
         str(sum(line.completion_tokens for line in lines)),
         str(sum(line.total_tokens for line in lines)),
     )
+    if audio:
+        total = (*total, _seconds(sum(line.audio_seconds for line in lines)))
     rows.append(total)
-    widths = [max(len(row[column]) for row in rows) for column in range(len(HEADERS))]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(headers))]
 
     def render(row: tuple[str, ...]) -> str:
         cells = [

@@ -228,6 +228,7 @@ class _Ledger:
     """Everything known about one call, turned into accounting when it ends."""
 
     __slots__ = (
+        "audio_seconds",
         "call",
         "closed",
         "completion_tokens",
@@ -253,6 +254,7 @@ class _Ledger:
         self.target: Target | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.audio_seconds = 0.0  # transcriptions: the audio's duration
         self.upstream_seconds = 0.0
         self.response_text: str | None = None
         self.intent: str | None = None  # the committed intent this call's entry completes
@@ -347,7 +349,7 @@ class _Ledger:
             log.exception("settling limits failed")
         now = datetime.now(UTC)
         usage = None
-        if self.target is not None and (tokens or outcome == "ok"):
+        if self.target is not None and (tokens or self.audio_seconds or outcome == "ok"):
             usage = UsageRecord(
                 time=now,
                 key_id=principal.key_id,
@@ -356,6 +358,7 @@ class _Ledger:
                 model=self.target.model,
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=self.completion_tokens,
+                audio_seconds=self.audio_seconds,
             )
         record = self.record(outcome, status, error.code if error else None, self.target, now)
         gateway.metrics.gateway_requests.labels(
@@ -487,7 +490,8 @@ class Gateway:
         transcription (the workspace floor, the header). The
         transcript (``call.body["input"]`` once known) then goes through the
         detectors; its class is the answer's ``X-Enclave-Classification``.
-        Usage records the transcript's estimated tokens as completion tokens.
+        Usage records the transcript's estimated tokens as completion tokens and
+        the audio's duration as ``audio_seconds``.
         """
         capability = "translation" if options.task == "translate" else "transcription"
         # The transcript is classified as text: the call's wire is that text, once known.
@@ -523,6 +527,7 @@ class Gateway:
                 self.metrics.detector_findings.labels(finding.type).inc()
             ledger.response_text = transcript.text
             ledger.completion_tokens = len(transcript.text) // 4
+            ledger.audio_seconds = max(float(transcript.duration or 0.0), 0.0)
             headers = ledger.headers()
             await ledger.close("ok", 200)
             return transcript, headers

@@ -1,4 +1,4 @@
-"""The usage ledger: tokens spent per request, reported by day.
+"""The usage ledger: tokens (and seconds of audio) spent per request, reported by day.
 
 A gateway request's usage is committed with its audit entry, in the audit
 log's transaction (``AuditLog.commit``, see ``gateway/audit.py``), before the
@@ -44,11 +44,12 @@ class UsageRecord:
     model: str
     prompt_tokens: int
     completion_tokens: int
+    audio_seconds: float = 0.0  # audio transcribed or translated
 
 
 @dataclass(frozen=True)
 class UsageLine:
-    """Requests and tokens for one UTC day, workspace, key, provider and model."""
+    """Requests, tokens and audio seconds for one UTC day, workspace, key, provider, model."""
 
     day: date
     workspace: str
@@ -58,6 +59,7 @@ class UsageLine:
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    audio_seconds: float = 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -75,6 +77,7 @@ class UsageLine:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "audio_seconds": round(self.audio_seconds, 3),
         }
 
 
@@ -95,6 +98,7 @@ def _row(record: UsageRecord) -> dict[str, Any]:
         "model": str(record.model)[:255],
         "prompt_tokens": max(int(record.prompt_tokens), 0),
         "completion_tokens": max(int(record.completion_tokens), 0),
+        "audio_seconds": max(float(record.audio_seconds), 0.0),
     }
 
 
@@ -110,6 +114,7 @@ def _fold(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             total["time"] = max(total["time"], row["time"])
             total["prompt_tokens"] += row["prompt_tokens"]
             total["completion_tokens"] += row["completion_tokens"]
+            total["audio_seconds"] += row["audio_seconds"]
             total["requests"] += 1
     return list(folded.values())
 
@@ -182,6 +187,7 @@ class UsageLedger:
             func.sum(UsageRow.requests).label("requests"),
             func.sum(UsageRow.prompt_tokens).label("prompt_tokens"),
             func.sum(UsageRow.completion_tokens).label("completion_tokens"),
+            func.sum(UsageRow.audio_seconds).label("audio_seconds"),
         ).group_by(*columns)
         if since is not None:
             statement = statement.where(UsageRow.day >= since)
@@ -202,6 +208,7 @@ class UsageLedger:
                     requests=int(row.requests),
                     prompt_tokens=int(row.prompt_tokens or 0),
                     completion_tokens=int(row.completion_tokens or 0),
+                    audio_seconds=float(row.audio_seconds or 0.0),
                 )
                 for row in session.execute(statement)
             ]

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -115,7 +116,7 @@ class AuditIntentRow(Base):
 
 
 class UsageRow(Base):
-    """Tokens spent by one request (``gateway/usage.py``); append only."""
+    """Tokens (and audio seconds) spent by requests (``gateway/usage.py``); append only."""
 
     __tablename__ = "usage"
 
@@ -131,6 +132,8 @@ class UsageRow(Base):
     model: Mapped[str] = mapped_column(String(255))
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
+    # Seconds of audio transcribed or translated (0 for text requests).
+    audio_seconds: Mapped[float] = mapped_column(Float, server_default="0")
     # Requests folded into this row: a batch stores one row per day, key and model.
     requests: Mapped[int] = mapped_column(Integer, server_default="1")
 

@@ -59,8 +59,9 @@ def model_object(
 
 
 def model_extras(svc: Services) -> dict[str, dict[str, Any]]:
-    """Per model id: what it serves (``chat``, ``embeddings``) and the answer length a chat
-    request without ``max_tokens`` gets (``max_tokens_default``; null: the engine's)."""
+    """Per model id: what it serves (``chat``, ``embeddings``, ``transcription``) and the
+    answer length a chat request without ``max_tokens`` gets (``max_tokens_default``;
+    null: the engine's)."""
     defaults = {
         model.name: model.max_tokens_default
         for provider in svc.settings.providers
@@ -74,6 +75,7 @@ def model_extras(svc: Services) -> dict[str, dict[str, Any]]:
                 for name, yes in (
                     ("chat", card.capabilities.chat),
                     ("embeddings", card.capabilities.embeddings),
+                    ("transcription", card.capabilities.transcription),
                 )
                 if yes
             ]
@@ -94,7 +96,7 @@ async def list_models(
 ) -> dict[str, Any]:
     """Every model name once (served by one provider or several), the aliases, then the
     workspace's apps as ``app/<name>``. Enclave adds ``capabilities`` (``chat``,
-    ``embeddings``) and ``max_tokens_default`` to each model."""
+    ``embeddings``, ``transcription``) and ``max_tokens_default`` to each model."""
     routing = svc.gateway.routing
     created = svc.started
     extras = model_extras(svc)

@@ -2,7 +2,8 @@
 //
 // Each file is uploaded on its own XMLHttpRequest (fetch cannot report upload
 // progress), then its document is polled until ingestion ends: indexed, or
-// failed with the reason.
+// failed with the reason. An audio file (shown where some model transcribes) is
+// sent to /v1/audio/transcriptions and its transcript uploaded as a .txt document.
 
 import { api, upload } from "./api.js";
 import { announce, byId, formatNumber, formatTime, h, headingText, pagesText, replaceChildren, row } from "./dom.js";
@@ -21,6 +22,8 @@ const ui = {
   description: byId("base-description"),
   dropZone: byId("drop-zone"),
   files: byId("choose-files"),
+  audio: byId("audio-upload"),
+  audioFiles: byId("choose-audio"),
   uploads: byId("uploads"),
   documents: byId("documents-body"),
   documentsEmpty: byId("documents-empty"),
@@ -34,7 +37,7 @@ const ui = {
   status: byId("knowledge-status"),
 };
 
-const state = { bases: [], selected: null };
+const state = { bases: [], selected: null, transcriber: null };
 
 function base(path = "") {
   return `/api/knowledge/${encodeURIComponent(state.selected)}${path}`;
@@ -211,7 +214,11 @@ async function showChunks(document) {
 
 function uploadFiles(fileList) {
   if (!state.selected) return;
-  for (const file of Array.from(fileList)) uploadOne(state.selected, file);
+  for (const file of Array.from(fileList)) {
+    // Audio is not a document: with a transcribing model, its transcript is added instead.
+    if (state.transcriber && /^(audio|video)\//.test(file.type)) transcribeOne(state.selected, file);
+    else uploadOne(state.selected, file);
+  }
 }
 
 async function uploadOne(baseName, file) {
@@ -250,6 +257,56 @@ async function uploadOne(baseName, file) {
   if (baseName === state.selected) loadDocuments();
 }
 
+// -- audio transcripts ------------------------------------------------------------------
+
+// The first model that transcribes; without one the audio control stays hidden.
+async function findTranscriber() {
+  try {
+    const models = (await api("/v1/models")).data;
+    const found = models.find((model) => (model.capabilities || []).includes("transcription"));
+    state.transcriber = found ? found.id : null;
+  } catch {
+    state.transcriber = null;
+  }
+  ui.audio.hidden = !state.transcriber;
+}
+
+function transcriptName(name) {
+  const stem = name.includes(".") ? name.slice(0, name.lastIndexOf(".")) : name;
+  return `${stem || "audio"}.txt`;
+}
+
+async function transcribeOne(baseName, file) {
+  const progress = h("progress", { max: "100", value: "0", "aria-label": `Upload progress of ${file.name}` });
+  const status = h("span", { class: "upload-status" }, "uploading audio");
+  ui.uploads.append(h("li", { class: "upload" }, h("span", { class: "upload-name" }, file.name), progress, status));
+  const form = new FormData();
+  form.append("file", file, file.name);
+  form.append("model", state.transcriber);
+  form.append("response_format", "json");
+  let text;
+  try {
+    const answer = await upload("/v1/audio/transcriptions", form, (fraction) => {
+      progress.value = Math.round(fraction * 100);
+      if (fraction >= 1) status.textContent = "transcribing";
+    });
+    text = (answer && answer.text) || "";
+  } catch (error) {
+    status.textContent = `failed: ${error.message}`;
+    status.className = "upload-status status-failed";
+    return;
+  }
+  if (!text.trim()) {
+    status.textContent = "failed: no speech was heard";
+    status.className = "upload-status status-failed";
+    return;
+  }
+  status.textContent = "transcribed";
+  status.className = "upload-status status-indexed";
+  const transcript = new File([text], transcriptName(file.name), { type: "text/plain" });
+  await uploadOne(baseName, transcript);
+}
+
 function wireDropZone() {
   const zone = ui.dropZone;
   const over = (event) => {
@@ -269,6 +326,12 @@ function wireDropZone() {
   ui.files.addEventListener("change", () => {
     uploadFiles(ui.files.files);
     ui.files.value = "";
+  });
+  ui.audioFiles.addEventListener("change", () => {
+    if (state.selected && state.transcriber) {
+      for (const file of Array.from(ui.audioFiles.files)) transcribeOne(state.selected, file);
+    }
+    ui.audioFiles.value = "";
   });
 }
 
@@ -324,6 +387,7 @@ async function main() {
     ui.chunks.hidden = true;
   });
   wireDropZone();
+  findTranscriber();
   await loadBases();
   const wanted = new URLSearchParams(window.location.search).get("kb");
   const first = state.bases.find((info) => info.name === wanted) || state.bases[0];
