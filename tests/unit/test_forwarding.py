@@ -570,3 +570,18 @@ def test_a_clean_responses_request_stays_public_and_is_forwarded_as_chat(
         {"role": "user", "content": "hello"},
     ]
     assert response.json()["output"][0]["content"][0]["text"] == "tok0 tok1 "
+
+
+def test_answered_requests_free_their_upstream_slot(
+    client: TestClient, mocks: dict[str, MockUpstream]
+) -> None:
+    """A non-stream answer once kept its slot: after max_concurrency requests the preferred
+    provider looked busy for ever and traffic drifted to the next one."""
+    providers = client.app.state.services.gateway.routing.providers  # type: ignore[attr-defined]
+    body = {"model": "best", "messages": [{"role": "user", "content": "hello"}]}
+    for stream in (False, True, False):
+        response = send(client, mocks, "/v1/chat/completions", {**body, "stream": stream})
+        assert response.status_code == 200
+        assert response.headers["x-enclave-provider"] == "cloud"
+    assert providers["cloud"].in_flight == 0
+    assert providers["onprem"].in_flight == 0

@@ -654,6 +654,7 @@ class Gateway:
                         f"Provider '{provider.name}' failed while answering ({type(exc).__name__})."
                     ) from None
                 ledger.upstream_seconds = time.perf_counter() - started
+                reply.close()  # the body is read: free the provider's slot
                 return await self._upstream_body(call, ledger, reply.status, data)
             chunks = reply.response.content.iter_any()
             try:
