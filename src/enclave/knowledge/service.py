@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -442,7 +443,9 @@ class KnowledgeService:
             elapsed = time.monotonic() - began
             if progress and elapsed > 0:
                 rate = round(progress / elapsed, 1)
-                eta = round(max(total - progress, 0) / (progress / elapsed), 1)
+                # Rounded up to a tenth: while chunks remain the ETA never reads 0.
+                remaining = max(total - progress, 0) / (progress / elapsed)
+                eta = math.ceil(remaining * 10) / 10
         return DocumentInfo(
             id=row.id,
             knowledge_base=base,
