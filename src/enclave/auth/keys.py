@@ -45,6 +45,15 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def credential_status(revoked_at: datetime | None, expires_at: datetime | None) -> str:
+    """ "revoked", "expired" or "active": for API keys and runner join tokens alike."""
+    if revoked_at is not None:
+        return "revoked"
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        return "expired"
+    return "active"
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     """A key as listed: everything but the secret."""
@@ -60,11 +69,7 @@ class KeyInfo:
 
     @property
     def status(self) -> str:
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.expires_at is not None and self.expires_at <= datetime.now(UTC):
-            return "expired"
-        return "active"
+        return credential_status(self.revoked_at, self.expires_at)
 
 
 class KeyService:

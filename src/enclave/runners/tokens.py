@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from enclave.auth.keys import hash_key
+from enclave.auth.keys import credential_status, hash_key
 from enclave.errors import AuthenticationFailed, InvalidRequest, NotFound
 from enclave.storage.models import JoinTokenRow
 
@@ -49,11 +49,7 @@ class JoinToken:
 
     @property
     def status(self) -> str:
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.expires_at is not None and self.expires_at <= datetime.now(UTC):
-            return "expired"
-        return "active"
+        return credential_status(self.revoked_at, self.expires_at)
 
 
 class JoinTokenService:

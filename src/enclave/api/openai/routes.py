@@ -37,7 +37,7 @@ from enclave.auth.principals import Principal
 from enclave.chat.dispatch import dispatch_chat
 from enclave.errors import InvalidRequest, ModelNotFound
 from enclave.gateway.classification import CLASSIFICATION_HEADER
-from enclave.gateway.service import SSE_HEADERS, Call, Wire
+from enclave.gateway.service import SSE_HEADERS, Answer, Call, Wire
 from enclave.input_limits import check_json_depth, check_text
 from enclave.settings import InputLimitsConfig
 from enclave.wire.protocol import (
@@ -158,6 +158,21 @@ def check_wire(wire: Wire, limits: InputLimitsConfig) -> None:
                 check_json_depth(call.function.arguments, limits.max_json_depth, param="messages")
 
 
+def http_response(request: Request, answer: Answer) -> Response:
+    """The HTTP response for the gateway's answer: a body, or an SSE stream."""
+    request.state.model = answer.headers.get("x-enclave-model", "none")  # metrics label
+    if answer.stream is not None:
+        return StreamingResponse(
+            answer.stream,
+            status_code=answer.status,
+            media_type=answer.media_type,
+            headers={**SSE_HEADERS, **answer.headers},
+        )
+    return Response(
+        answer.body, answer.status, headers=answer.headers, media_type=answer.media_type
+    )
+
+
 def _endpoint(capability: str, model: type[Wire]) -> Any:
     async def endpoint(request: Request) -> Response:
         svc: Services = request.app.state.services
@@ -178,17 +193,7 @@ def _endpoint(capability: str, model: type[Wire]) -> Any:
             answer = await dispatch_chat(svc, call)
         else:
             answer = await svc.gateway.handle(call)
-        request.state.model = answer.headers.get("x-enclave-model", "none")
-        if answer.stream is not None:
-            return StreamingResponse(
-                answer.stream,
-                status_code=answer.status,
-                media_type=answer.media_type,
-                headers={**SSE_HEADERS, **answer.headers},
-            )
-        return Response(
-            answer.body, answer.status, headers=answer.headers, media_type=answer.media_type
-        )
+        return http_response(request, answer)
 
     endpoint.__name__ = f"{capability}_endpoint"
     return endpoint
@@ -211,17 +216,7 @@ async def responses_endpoint(request: Request) -> Response:
     )
     check_wire(call.wire, limits)
     answer = await svc.responses.answer(svc, call, wire, conversation)
-    request.state.model = answer.headers.get("x-enclave-model", "none")
-    if answer.stream is not None:
-        return StreamingResponse(
-            answer.stream,
-            status_code=answer.status,
-            media_type=answer.media_type,
-            headers={**SSE_HEADERS, **answer.headers},
-        )
-    return Response(
-        answer.body, answer.status, headers=answer.headers, media_type=answer.media_type
-    )
+    return http_response(request, answer)
 
 
 @router.get("/responses/{response_id}", summary="Retrieve a stored response")

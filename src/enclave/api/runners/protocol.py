@@ -45,17 +45,7 @@ class JoinTokenOut(BaseModel):
 
     @classmethod
     def of(cls, token: JoinToken) -> JoinTokenOut:
-        return cls(
-            id=token.id,
-            name=token.name,
-            prefix=token.prefix,
-            status=token.status,
-            max_clearance=token.max_clearance,
-            created_at=token.created_at,
-            expires_at=token.expires_at,
-            revoked_at=token.revoked_at,
-            last_used_at=token.last_used_at,
-        )
+        return cls.model_validate(token, from_attributes=True)
 
 
 class JoinTokenCreated(JoinTokenOut):
