@@ -30,7 +30,8 @@ def llm(server: Server) -> object:
         is_chat_model=True,
         is_function_calling_model=True,
         context_window=2048,
-        max_tokens=48,
+        max_tokens=256,
+        temperature=0,
         max_retries=0,
     )
 

@@ -69,7 +69,7 @@ def test_a_required_tool_is_called(server: Server) -> None:
         instructions="Use the tool.",
         model=chat_model(server),
         tools=[get_weather],
-        model_settings=ModelSettings(tool_choice="required", max_tokens=48),
+        model_settings=ModelSettings(tool_choice="required", max_tokens=256, temperature=0),
         tool_use_behavior="stop_on_first_tool",
     )
     result = Runner.run_sync(agent, "What is the weather in Paris?")
@@ -83,7 +83,7 @@ def test_structured_output_flat(server: Server) -> None:
         instructions="Describe the city.",
         model=chat_model(server),
         output_type=City,
-        model_settings=ModelSettings(max_tokens=64),
+        model_settings=ModelSettings(max_tokens=256, temperature=0),
     )
     assert isinstance(Runner.run_sync(agent, "Paris").final_output, City)
 

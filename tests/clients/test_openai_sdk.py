@@ -53,7 +53,8 @@ def test_a_forced_tool_is_called(server: Server) -> None:
         messages=[{"role": "user", "content": "What is the weather in Paris?"}],
         tools=[WEATHER],
         tool_choice="required",
-        max_tokens=64,
+        max_tokens=256,
+        temperature=0,
     )
     calls = reply.choices[0].message.tool_calls or []
     assert calls and calls[0].function.name == "get_weather"
@@ -65,7 +66,8 @@ def test_structured_output_parses(server: Server) -> None:
         model=MODEL,
         messages=[{"role": "user", "content": "Describe Paris as JSON."}],
         response_format=City,
-        max_tokens=64,
+        max_tokens=256,
+        temperature=0,
     )
     assert isinstance(parsed.choices[0].message.parsed, City)
 
