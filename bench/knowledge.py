@@ -23,6 +23,22 @@ Sections (``--only``, comma-separated; the default runs every one there is):
   hybrid, through the query API), and the threshold: answerable questions should
   get passages and unanswerable ones none.
 
+- ``answers``: grounded answers over the hand-labelled set in
+  ``tests/data/grounding`` (long Iran-Contra hearing and Apollo 13
+  air-to-ground transcripts, and clean prose), through ``/v1/chat/completions``
+  with the default model, ``extractive`` and ``generative`` side by side:
+  answer accuracy (the answer contains a labelled answer), citation precision
+  (the share of cited sentences whose checkable content is in the cited
+  passage), near-miss abstention and false abstention, disagreement recall
+  (planted contradicting passages) and its false alarms on ordinary
+  questions, and time to first token of streamed answers.
+
+    .venv/bin/python bench/knowledge.py --only answers                   # ~10 min
+
+Targets (issue "Grounded or silent"): citation precision >= 0.95, accuracy
+>= 0.6, near-miss abstention >= 0.8 with false abstention <= 0.1,
+disagreement recall >= 0.8 with false alarms <= 0.1.
+
 Target (issue "Knowledge"): hybrid p95 <= 50 ms at 100k chunks on SQLite, and
 hybrid better than either method alone.
 """
@@ -50,7 +66,7 @@ from enclave.knowledge.service import FUSION_CANDIDATES
 from enclave.knowledge.store import open_store
 from enclave.knowledge.store.base import ChunkRow, VectorStore
 
-SECTIONS = ("latency", "ingest", "quality")
+SECTIONS = ("latency", "ingest", "quality", "answers")
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--only", default=",".join(SECTIONS), help="sections: " + ",".join(SECTIONS))
@@ -63,6 +79,10 @@ parser.add_argument("--top-k", type=int, default=5)
 parser.add_argument("--seed", type=int, default=7)
 parser.add_argument(
     "--threshold", type=float, default=0.3, help="quality: the threshold checked on the corpus"
+)
+parser.add_argument("--verbose", action="store_true", help="answers: list the misses")
+parser.add_argument(
+    "--answer-styles", default="extractive,generative", help="answers: the styles compared"
 )
 parser.add_argument("--load-threads", type=int, default=2, help="batches loaded in parallel")
 parser.add_argument(
@@ -496,6 +516,195 @@ def bench_quality(args: argparse.Namespace) -> None:
         )
 
 
+GROUNDING = Path(__file__).parents[1] / "tests" / "data" / "grounding"
+ANSWER_STYLES = ("extractive", "generative")
+
+
+@contextmanager
+def chat_app() -> Iterator[Any]:
+    """An in-process Enclave with the default models: SmolLM2 and all-MiniLM-L6-v2."""
+    from fastapi.testclient import TestClient
+
+    from enclave.app import create_app
+    from enclave.settings import Settings
+
+    home = Path(tempfile.mkdtemp(prefix="enclave-abench-"))
+    key = "ek-bench-admin-key-0123456789abcdef"
+    settings = Settings(home=home, admin_key=key)
+    try:
+        with TestClient(create_app(settings)) as client:
+            client.headers["Authorization"] = f"Bearer {key}"
+            yield client
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _squeeze(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def contains_answer(text: str, answers: list[str]) -> bool:
+    return any(_squeeze(answer) in _squeeze(text) for answer in answers)
+
+
+def cited_sentences(content: str, citations: list[dict], question: str) -> tuple[int, int]:
+    """(cited sentences, those whose checkable content the cited passages hold)."""
+    from enclave.knowledge.citations import MARKER
+    from enclave.knowledge.facts import Evidence, facts, supports
+    from enclave.knowledge.text import sentence_spans
+
+    texts = {c["number"]: c["passage_text"] for c in citations if "passage_text" in c}
+    total = held = 0
+    for start, end in sentence_spans(content):
+        sentence = content[start:end]
+        numbers = [int(n) for m in MARKER.finditer(sentence) for n in m.group(1).split(",")]
+        if not numbers:
+            continue
+        total += 1
+        claim = facts(MARKER.sub("", sentence), question=question)
+        held += all(n in texts and supports(claim, Evidence.of(texts[n])) for n in numbers)
+    return total, held
+
+
+def ask(client: Any, kb: str, question: str, style: str, stream: bool = False) -> dict:
+    body = {
+        "model": "smollm2-135m",
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": 120,
+        "temperature": 0,
+        "enclave": {"knowledge": [kb], "answer_style": style},
+    }
+    if not stream:
+        response = client.post("/v1/chat/completions", json=body)
+        response.raise_for_status()
+        return response.json()
+    started = time.perf_counter()
+    first = None
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as reply:
+        for line in reply.iter_lines():
+            if first is None and '"content":"' in line and '"content":""' not in line:
+                first = time.perf_counter() - started
+    return {"ttft": first if first is not None else time.perf_counter() - started}
+
+
+_CHUNKS: dict[tuple[str, int], dict[int, str]] = {}
+
+
+def passage_texts(client: Any, kb: str, citations: list[dict]) -> None:
+    """Add each citation's chunk text (the bench checks claims against it)."""
+    for citation in citations:
+        document = citation["document"]["id"]
+        if (kb, document) not in _CHUNKS:
+            texts: dict[int, str] = {}
+            offset = 0
+            while True:
+                page = client.get(
+                    f"/api/knowledge/{kb}/documents/{document}/chunks",
+                    params={"offset": offset, "limit": 500},
+                ).json()["data"]
+                texts.update({chunk["id"]: chunk["text"] for chunk in page})
+                if len(page) < 500:
+                    break
+                offset += 500
+            _CHUNKS[(kb, document)] = texts
+        text = _CHUNKS[(kb, document)].get(citation["chunk_id"])
+        if text is not None:
+            citation["passage_text"] = text
+
+
+def bench_answers(args: argparse.Namespace) -> None:
+    labels = json.loads((GROUNDING / "questions.json").read_text())
+    answerable, near, planted = labels["answerable"], labels["near_miss"], labels["contradictions"]
+    files = sorted((GROUNDING / "corpus").iterdir())
+    print(
+        f"\n== grounded answers: {len(answerable)} answerable, {len(near)} near-miss and "
+        f"{len(planted)} contradiction questions over {len(files)} public-domain documents "
+        "(tests/data/grounding), default model"
+    )
+    with chat_app() as client:
+        load_grounding_set(client, files)
+        evaluate_answers(client, args, answerable, near, planted)
+
+
+def load_grounding_set(client: Any, files: list[Path]) -> None:
+    """Base ``clean`` holds the corpus; ``planted`` the corpus and the planted passages."""
+    client.post("/api/knowledge", json={"name": "clean"}).raise_for_status()
+    client.post("/api/knowledge", json={"name": "planted"}).raise_for_status()
+    for path in files:
+        for kb in ("clean", "planted"):
+            document, _ = ingest(client, kb, path.name, path.read_bytes())
+            assert document["status"] == "indexed", document
+    for path in sorted((GROUNDING / "planted").iterdir()):
+        document, _ = ingest(client, "planted", path.name, path.read_bytes())
+        assert document["status"] == "indexed", document
+
+
+def evaluate_answers(
+    client: Any, args: argparse.Namespace, answerable: list, near: list, planted: list
+) -> None:
+    """Ask every labelled question in each answer style and print the metrics."""
+    rows: dict[str, dict[str, float]] = {}
+    styles = [style for style in args.answer_styles.split(",") if style]
+    for style in styles:
+        correct = abstained_wrongly = alarms = 0
+        cited = held = 0
+        misses = []
+        for item in answerable:
+            reply = ask(client, "clean", item["question"], style)
+            content = reply["choices"][0]["message"]["content"] or ""
+            grounding = reply.get("grounding") or {}
+            correct += contains_answer(content, item["answers"])
+            abstained_wrongly += bool(grounding.get("abstained"))
+            alarms += reply.get("disagreement") is not None
+            passage_texts(client, "clean", reply.get("citations") or [])
+            total, ok = cited_sentences(content, reply.get("citations") or [], item["question"])
+            cited, held = cited + total, held + ok
+            if not contains_answer(content, item["answers"]):
+                misses.append(item["id"])
+        near_abstained, near_answered = 0, []
+        for item in near:
+            reply = ask(client, "clean", item["question"], style)
+            abstained = bool((reply.get("grounding") or {}).get("abstained"))
+            near_abstained += abstained
+            if not abstained:
+                near_answered.append(item["id"])
+        flagged, unflagged = 0, []
+        for item in planted:
+            reply = ask(client, "planted", item["question"], style)
+            flagged += reply.get("disagreement") is not None
+            if reply.get("disagreement") is None:
+                unflagged.append(item["id"])
+        ttfts = [
+            ask(client, "clean", q["question"], style, stream=True)["ttft"] for q in answerable[:20]
+        ]
+        rows[style] = {
+            "accuracy": correct / len(answerable),
+            "citation precision": held / cited if cited else 1.0,
+            "near-miss abstention": near_abstained / len(near),
+            "false abstention": abstained_wrongly / len(answerable),
+            "disagreement recall": flagged / len(planted),
+            "false alarms": alarms / len(answerable),
+            "stream TTFT p50 (s)": statistics.median(ttfts),
+        }
+        if args.verbose:
+            print(f"{style} misses: {' '.join(misses)}")
+            print(f"{style} near misses answered: {' '.join(near_answered)}")
+            print(f"{style} contradictions missed: {' '.join(unflagged)}")
+    targets = {
+        "accuracy": ">= 0.6",
+        "citation precision": ">= 0.95",
+        "near-miss abstention": ">= 0.8",
+        "false abstention": "<= 0.1",
+        "disagreement recall": ">= 0.8",
+        "false alarms": "<= 0.1",
+        "stream TTFT p50 (s)": "",
+    }
+    print(f"{'metric':<22}" + "".join(f" {style:>11}" for style in styles) + "  target")
+    for metric, target in targets.items():
+        values = "".join(f" {rows[style][metric]:>11.3f}" for style in styles)
+        print(f"{metric:<22}{values}  {target}")
+
+
 def main() -> None:
     args = parser.parse_args()
     only = [s for s in args.only.split(",") if s]
@@ -508,6 +717,8 @@ def main() -> None:
         bench_ingest(args)
     if "quality" in only:
         bench_quality(args)
+    if "answers" in only:
+        bench_answers(args)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import httpx
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.routing import Route
 
 from enclave import __version__
 from enclave.api import admin_routes, health, ui_auth
@@ -25,6 +26,8 @@ from enclave.api.conversations import routes as conversation_routes
 from enclave.api.deps import Services
 from enclave.api.errors import install_error_handlers
 from enclave.api.knowledge import routes as knowledge_routes
+from enclave.api.mcp import routes as mcp_routes
+from enclave.api.mcp.server import MCP_PATH, McpEndpoint
 from enclave.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from enclave.api.openai import audio as audio_routes
 from enclave.api.openai import routes as openai_routes
@@ -32,6 +35,7 @@ from enclave.api.openapi import install_openapi
 from enclave.api.platform import routes as platform_routes
 from enclave.api.runners import routes as runner_routes
 from enclave.apps.actions import ActionStore
+from enclave.apps.mcp_tools import McpConnector
 from enclave.apps.runner import AppRunner
 from enclave.apps.service import AppService
 from enclave.auth.keys import KeyService
@@ -49,7 +53,7 @@ from enclave.gateway.routing import RoutingTable
 from enclave.gateway.service import Gateway
 from enclave.gateway.usage import UsageLedger
 from enclave.inference import InferenceService
-from enclave.knowledge.grounding import GroundedChat
+from enclave.knowledge.grounding import AnswerStyle, GroundedChat
 from enclave.knowledge.jobs import IngestionWorker
 from enclave.knowledge.service import Embedder, KnowledgeService
 from enclave.knowledge.store import open_store
@@ -151,7 +155,24 @@ def start_knowledge(services: Services, sessions: sessionmaker[Session]) -> None
     worker = IngestionWorker(knowledge, settings.knowledge.url_fetch, services.egress)
     worker.start()
     services.knowledge, services.ingestion = knowledge, worker
-    services.grounding = GroundedChat(knowledge, services.gateway, settings.knowledge)
+    services.grounding = GroundedChat(
+        knowledge, services.gateway, settings.knowledge, answer_styles(settings)
+    )
+
+
+def answer_styles(settings: Settings) -> dict[str, AnswerStyle]:
+    """Each model's answer style for grounded chat, by every name a request may use:
+    bare, ``provider/model``, and aliases (their first target's)."""
+    styles: dict[str, AnswerStyle] = {}
+    for provider in settings.providers:
+        for model in provider.models:
+            style = model.answer_style or "generative"
+            styles.setdefault(model.name, style)
+            styles[f"{provider.name}/{model.name}"] = style
+    for alias, targets in settings.aliases.items():
+        if targets and targets[0] in styles:
+            styles[alias] = styles[targets[0]]
+    return styles
 
 
 def start_apps(services: Services, sessions: sessionmaker[Session]) -> None:
@@ -184,6 +205,7 @@ def start_apps(services: Services, sessions: sessionmaker[Session]) -> None:
         http=services.apps_http,
         embedder=services.knowledge.embedder if services.knowledge is not None else None,
         grounding=services.grounding,
+        mcp=McpConnector(services.egress, settings.apps.mcp_commands),
     )
 
 
@@ -214,6 +236,8 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     model_registry = registry or ModelRegistry.from_settings(settings)
     # Resolved now so that a missing secret stops start-up with a ConfigError.
     metrics_token = resolve_secret(settings.metrics_token) if settings.metrics_token else None
+    # /mcp: Enclave as an MCP server; its SDK task group runs for the app's lifetime.
+    mcp_endpoint = McpEndpoint(lambda: app.state.services)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -267,9 +291,12 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
         services.runners = await start_runners(services, sessions)
         app.state.runner_control = services.runners.control
         log.info("models ready: %s", ", ".join(gateway.routing.targets))
+        mcp_running = mcp_endpoint.running()
+        await mcp_running.__aenter__()
         try:
             yield
         finally:
+            await mcp_running.__aexit__(None, None, None)
             if services.runners is not None:
                 await services.runners.close()
             if services.apps_http is not None:
@@ -309,6 +336,10 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     app.include_router(conversation_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(runner_routes.joining)
+    app.include_router(mcp_routes.router)
+    app.include_router(mcp_routes.admin)
+    # POST carries JSON-RPC, DELETE ends a session; no GET stream (stateless: 405).
+    app.router.routes.append(Route(MCP_PATH, endpoint=mcp_endpoint, methods=["POST", "DELETE"]))
     app.include_router(ui_auth.router)
     # The web UI: pages at /, /login, /knowledge, /apps, /admin; its files at /static.
     app.include_router(ui_pages.router)

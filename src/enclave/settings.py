@@ -133,6 +133,16 @@ class ModelConfig(StrictModel):
         ),
     )
 
+    answer_style: Literal["extractive", "generative", "auto"] | None = Field(
+        None,
+        description=(
+            "Grounded answers: 'extractive' quotes the sources' best sentences (no model call), "
+            "'generative' has the model write an answer that is then checked claim by claim, "
+            "'auto' quotes for number, date, name and place questions. "
+            "Default: extractive for embedded models, generative for upstreams."
+        ),
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value: object) -> object:
@@ -184,6 +194,8 @@ class ProviderConfig(StrictModel):
                 for model in self.models:
                     if model.max_tokens_default is None:
                         model.max_tokens_default = EMBEDDED_MAX_TOKENS_DEFAULT
+                    if model.answer_style is None:
+                        model.answer_style = "extractive"
         else:
             if not self.base_url or not self.base_url.startswith(("http://", "https://")):
                 raise ValueError("an 'openai' provider needs base_url: http(s)://host/v1")
@@ -353,6 +365,14 @@ class KnowledgeConfig(StrictModel):
         min_length=1,
         description="The answer when nothing relevant is found.",
     )
+    unsupported: Literal["remove", "flag"] = Field(
+        "remove",
+        description=(
+            "A generated sentence whose numbers, dates, names or rare words no source holds: "
+            "removed from the answer, or kept without a citation (both listed in "
+            "grounding.unsupported)."
+        ),
+    )
     url_fetch: UrlFetchConfig = Field(default_factory=UrlFetchConfig)
 
 
@@ -409,6 +429,13 @@ class AppsConfig(StrictModel):
         description=(
             "Environment variables apps may reference as env:NAME in API headers. "
             "Empty: none, so an app cannot read the server's environment."
+        ),
+    )
+    mcp_commands: list[list[str]] = Field(
+        default_factory=list,
+        description=(
+            "stdio MCP servers apps may start, each an exact command line (argv), e.g. "
+            "[python, -m, our_files_server]. Empty: apps may use only MCP servers by URL."
         ),
     )
     action_ttl_s: int = Field(

@@ -90,7 +90,7 @@ def test_the_example_loads_with_its_files_inlined() -> None:
             "  knowledge: [hr-policies]",
             "  knowledge: [hr-policies]\n  colour: blue",
             "hr.yaml, line 14: field 'spec.colour': unknown field (expected one of: model, "
-            "classification, system_prompt, knowledge, grounding, apis, tool_threshold, "
+            "classification, system_prompt, knowledge, grounding, apis, mcps, tool_threshold, "
             "max_tool_calls, tests)",
             id="unknown-field-far-from-any",
         ),
@@ -469,6 +469,8 @@ SECTIONS = {
     "AppBody": "`spec`",
     "Grounding": "`spec.grounding`",
     "ApiSpec": "`spec.apis[]`",
+    "McpSpec": "`spec.mcps[]`",
+    "McpToolFilter": "`spec.mcps[].tools`",
     "AppTest": "`spec.tests[]`",
     "FixtureResponse": "Fixture responses",
     "Step": "`spec.tests[].steps[]`",

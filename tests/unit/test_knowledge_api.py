@@ -572,3 +572,149 @@ def test_a_grounded_response_carries_its_citations_as_annotations(
     [note] = parsed.output[0].content[0].annotations  # type: ignore[union-attr]
     assert note.type == "file_citation" and note.filename == "leave.md"
     assert note.file_id == str(document["id"]) and note.index == parsed.output_text.index("[1]")
+
+
+# -- grounded or silent: claims checked, extracts, near misses, JSON --------------------
+
+
+def stream_events(kapp: KnowledgeApp, body: dict[str, Any]) -> list[Any]:
+    with kapp.client.stream(
+        "POST", "/v1/chat/completions", json={**body, "stream": True}, headers=kapp.auth()
+    ) as response:
+        assert response.status_code == 200
+        lines = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def streamed_text(events: list[Any]) -> str:
+    return "".join(
+        e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices")
+    )
+
+
+FABRICATED = ["The company has 12 GPUs [1]. ", "Employees get 480 days of parental leave [1]."]
+
+
+def test_a_fabricated_number_with_a_citation_is_removed_from_the_answer(
+    kapp: KnowledgeApp,
+) -> None:
+    kapp.create("hr")
+    kapp.add("hr", "leave.md", LEAVE)
+    kapp.provider.script = Script(words=FABRICATED)
+    body = kapp.chat("How many days of parental leave per child?", ["hr"]).json()
+    message = body["choices"][0]["message"]
+    assert message["content"] == "Employees get 480 days of parental leave [1]."
+    assert body["grounding"]["unsupported"] == ["The company has 12 GPUs."]
+    [annotation] = message["annotations"]
+    span = annotation["url_citation"]
+    assert message["content"][span["start_index"] : span["end_index"]] == (
+        "Employees get 480 days of parental leave"
+    )
+    assert span["url"].startswith("kb://hr/leave.md#chunk-")
+
+
+def test_a_stream_sends_only_verified_sentences_and_citations_before_usage(
+    kapp: KnowledgeApp,
+) -> None:
+    kapp.create("hr")
+    kapp.add("hr", "leave.md", LEAVE)
+    kapp.provider.script = Script(
+        words=["The company ", "has 12 GPUs [1]. Employees get ", "480 days [1]."]
+    )  # noqa: E501
+    events = stream_events(
+        kapp,
+        {
+            "model": "scripted",
+            "messages": [{"role": "user", "content": "parental leave days per child?"}],
+            "enclave": {"knowledge": ["hr"]},
+            "stream_options": {"include_usage": True},
+        },
+    )
+    assert "12" not in streamed_text(events)
+    assert streamed_text(events) == "Employees get 480 days [1]."
+    extras = [i for i, e in enumerate(events) if not e["choices"] and "citations" in e]
+    usage = [i for i, e in enumerate(events) if not e["choices"] and e.get("usage")]
+    assert extras and usage and extras[0] < usage[0]
+    assert events[extras[0]]["grounding"]["unsupported"] == ["The company has 12 GPUs."]
+    annotations = [
+        e["choices"][0]["delta"]["annotations"]
+        for e in events
+        if e["choices"] and "annotations" in e["choices"][0]["delta"]
+    ]
+    assert annotations and annotations[0][0]["url_citation"]["number"] == 1
+
+
+def test_an_answer_with_nothing_supported_becomes_the_extract(kapp: KnowledgeApp) -> None:
+    kapp.create("hr")
+    kapp.add("hr", "leave.md", LEAVE)
+    kapp.provider.script = Script(words=["Parents get 900 days [1]."])
+    body = kapp.chat("How many days of parental leave per child?", ["hr"]).json()
+    content = body["choices"][0]["message"]["content"]
+    assert content == "Employees receive 480 days of parental leave per child. [1]"
+    assert body["grounding"]["fallback"] == "extractive"
+    assert body["citations"][0]["match"] == "extractive"
+
+
+def test_the_extractive_style_quotes_the_sources_without_the_model(kapp: KnowledgeApp) -> None:
+    kapp.create("hr")
+    kapp.add("hr", "leave.md", LEAVE)
+    calls = len(kapp.provider.requests)
+    body = kapp.chat(
+        "How many days of parental leave per child?",
+        ["hr"],
+        enclave={"knowledge": ["hr"], "answer_style": "extractive"},
+    ).json()
+    assert len(kapp.provider.requests) == calls  # no model call
+    assert body["choices"][0]["message"]["content"].startswith(
+        "Employees receive 480 days of parental leave per child. [1]"
+    )
+    [citation] = body["citations"]
+    assert citation["quote"] in LEAVE and body["grounding"]["answer_style"] == "extractive"
+
+
+def test_a_near_miss_abstains_and_says_what_the_sources_cover(kapp: KnowledgeApp) -> None:
+    """Leave is in the sources; how much of it is paid is not."""
+    kapp.create("hr")
+    kapp.add("hr", "leave.md", LEAVE)
+    calls = len(kapp.provider.requests)
+    body = kapp.chat("How many GPUs does the parental leave cluster have?", ["hr"]).json()
+    assert len(kapp.provider.requests) == calls
+    grounding = body["grounding"]
+    assert grounding["abstained"] is True and grounding["reason"] == "near_miss"
+    content = body["choices"][0]["message"]["content"]
+    assert "but not" in content and "GPUs" in content and body["citations"] == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_json_answer_gets_citations_beside_it_and_no_markers(
+    kapp: KnowledgeApp, stream: bool
+) -> None:
+    kapp.create("hr")
+    kapp.add("hr", "leave.md", LEAVE)
+    answer = '{"policy": "Employees receive 480 days of parental leave per child"}'
+    kapp.provider.script = Script(words=[answer[:20], answer[20:]])
+    body = {
+        "model": "scripted",
+        "messages": [{"role": "user", "content": "How many days of parental leave per child?"}],
+        "enclave": {"knowledge": ["hr"]},
+        "response_format": {"type": "json_object"},
+    }
+    if stream:
+        events = stream_events(kapp, body)
+        text = streamed_text(events)
+        [extra] = [e for e in events if not e["choices"] and "citations" in e]
+        citations = extra["citations"]
+    else:
+        payload = kapp.client.post("/v1/chat/completions", json=body, headers=kapp.auth()).json()
+        text = payload["choices"][0]["message"]["content"]
+        citations = payload["citations"]
+    assert json.loads(text) == json.loads(answer)  # untouched: no markers inserted
+    assert [c["document"]["name"] for c in citations] == ["leave.md"]
+
+
+def test_an_unknown_answer_style_is_refused(kapp: KnowledgeApp) -> None:
+    kapp.create("hr")
+    response = kapp.chat("Anything?", ["hr"], enclave={"knowledge": ["hr"], "answer_style": "x"})
+    assert response.status_code == 400
+    assert "answer_style" in response.json()["error"]["message"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).parents[2] / "src" / "enclave"
-DOMAIN = ("gateway", "knowledge", "apps", "chat", "providers", "runners", "wire")
+DOMAIN = ("gateway", "knowledge", "apps", "chat", "providers", "runners", "wire", "mcp")
 
 
 def imported_modules(path: Path) -> set[str]:

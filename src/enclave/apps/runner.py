@@ -21,6 +21,12 @@ For each user message :meth:`AppRunner.handle`:
    quoted as data in the user turn. Without API results and with knowledge
    attached, the answer is grounded (:class:`GroundedChat`) and cites.
 
+Tools of the app's MCP servers (``spec.mcps``, :mod:`.mcp_tools`) join steps
+1 to 4 as operations: each server is a destination with a clearance, so a
+call is not sent when its arguments' class (the argument step's, as the
+gateway classified it) is above it; a tool not annotated ``readOnlyHint:
+true`` waits for confirmation like a write to an API.
+
 Steps 2 to 4 repeat up to ``max_tool_calls`` times. API results are
 untrusted: they reach only step 5, never the routing, decision or argument
 steps, so text inside a response cannot make the app call anything. They
@@ -51,12 +57,14 @@ import orjson
 
 from enclave.apps.actions import ACTION_ID_PATTERN, Action, ActionStore
 from enclave.apps.calls import CallError, CallResult, call_operation, render_result, resolve_headers
+from enclave.apps.mcp_tools import McpConnector, is_mcp, server_health
 from enclave.apps.openapi import Operation, tidy_arguments
 from enclave.apps.service import AppService, LoadedApp
 from enclave.auth.principals import Principal
 from enclave.egress import Caller
 from enclave.errors import Conflict, InvalidRequest, UpstreamUnavailable
 from enclave.gateway.audit import AuditRecord
+from enclave.gateway.classification import CLASSIFICATION_HEADER
 from enclave.gateway.service import Answer, Call, Gateway
 from enclave.knowledge.grounding import (
     GroundedChat,
@@ -113,6 +121,8 @@ class ToolCallRecord:
     result: CallResult | None = None
     error: str | None = None
     id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+    # The class of what the call sends (its argument step's); None: the app's level.
+    level: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         result = self.result
@@ -229,7 +239,9 @@ class AppRunner:
         http: httpx.AsyncClient,
         embedder: Embedder | None = None,
         grounding: GroundedChat | None = None,
+        mcp: McpConnector | None = None,
     ) -> None:
+        self.mcp = mcp
         self.apps = apps
         self.actions = actions
         self.gateway = gateway
@@ -251,6 +263,7 @@ class AppRunner:
                     param=refused,
                 )
         call = self._with_floor(call, app)
+        await self._discover(app, call.principal)
         options = app_options(call.body)
         messages = call.body.get("messages") or []
         if options.confirm is not None:  # the explicit act: the only way in chat to run it
@@ -280,17 +293,42 @@ class AppRunner:
             tried.add(operation.key)
             record = ToolCallRecord(operation, {})
             records.append(record)
+            record.level = self._app_level(call.principal.workspace, app)
             try:
-                record.arguments = await self._arguments(call, app, operation, question)
+                record.arguments, level = await self._arguments(call, app, operation, question)
             except CallError as exc:
                 record.error = str(exc)
                 continue
-            api = app.apis[operation.api].spec
-            if operation.method in api.confirm:
+            record.level = level or record.level
+            if self._not_cleared(call.principal, app, record):
+                continue
+            if self._needs_confirmation(app, operation):
                 records.pop()
                 return await self._pending(call, app, record, question, records)
             await self._execute(call.principal, app, record)
         return await self._answer(call, app, question, records)
+
+    async def mcp_servers(self, principal: Principal) -> list[dict[str, Any]]:
+        """The MCP servers the workspace's apps use, each checked now (``enclave mcp list``)."""
+        listed = []
+        for summary in self.apps.list_apps(principal.workspace_id):
+            app = self.apps.load(principal.workspace_id, summary["name"])
+            for spec in app.mcps.values():
+                caller = Caller(principal.workspace, principal.key_id, app.model_id)
+                try:
+                    headers = resolve_headers(spec.headers, self.config.secret_env)
+                except CallError as exc:
+                    health = {"name": spec.name, "status": "error", "error": str(exc)}
+                else:
+                    if self.mcp is None:
+                        continue
+                    timeout = min(spec.timeout_s or self.config.call_timeout_s, 30)
+                    health = await server_health(
+                        self.mcp, spec, headers, timeout_s=timeout, caller=caller
+                    )
+                clearance = self.apps.mcp_clearance(spec)
+                listed.append({"app": app.name, **health, "clearance": clearance})
+        return listed
 
     async def confirm(self, principal: Principal, action_id: str) -> dict[str, Any]:
         """``POST /api/actions/{id}/confirm``: run the held call once; return its result."""
@@ -333,7 +371,51 @@ class AppRunner:
 
     def _max_calls(self, app: LoadedApp) -> int:
         limit = app.manifest.spec.max_tool_calls or self.config.max_tool_calls
-        return min(limit, self.config.max_tool_calls) if app.apis else 0
+        return min(limit, self.config.max_tool_calls) if app.apis or app.mcps else 0
+
+    async def _discover(self, app: LoadedApp, principal: Principal) -> None:
+        """List the tools of the app's MCP servers once per loaded version. A server that
+        cannot be listed offers no tools now and is asked again on the next request."""
+        if self.mcp is None:
+            return
+        for name, spec in app.mcps.items():
+            if name in app.mcp_tools:
+                continue
+            try:
+                headers = resolve_headers(spec.headers, self.config.secret_env)
+                app.mcp_tools[name] = await self.mcp.list_tools(
+                    spec,
+                    headers,
+                    timeout_s=min(spec.timeout_s or self.config.call_timeout_s, 60),
+                    caller=Caller(principal.workspace, principal.key_id, app.model_id),
+                )
+            except Exception as exc:
+                log.warning("app %s: MCP server %s offers no tools now: %s", app.name, name, exc)
+
+    def _needs_confirmation(self, app: LoadedApp, operation: Operation) -> bool:
+        """An API operation whose method is in ``confirm``; an MCP tool not read-only."""
+        if is_mcp(operation):
+            return not app.read_only(operation)
+        return operation.method in app.apis[operation.api].spec.confirm
+
+    def _not_cleared(self, principal: Principal, app: LoadedApp, record: ToolCallRecord) -> bool:
+        """Refuse (and audit) an MCP call whose class is above the server's clearance."""
+        operation = record.operation
+        if not is_mcp(operation) or record.level is None:
+            return False
+        spec = app.mcps[operation.api]
+        clearance = self.apps.mcp_clearance(spec)
+        levels = self.gateway.routing.levels
+        if levels.allows(clearance, record.level):
+            return False
+        record.error = (
+            f"Not sent: the request is classified '{record.level}', and MCP server "
+            f"'{spec.name}' is cleared only up to '{clearance}'."
+        )
+        self._audit_call(
+            principal, app, record, outcome="denied", status=403, code="destination_not_cleared"
+        )
+        return True
 
     async def _offered(
         self, app: LoadedApp, query: str, tried: set[str]
@@ -394,7 +476,7 @@ class AppRunner:
             "required": ["operation"],
             "additionalProperties": False,
         }
-        text = await self._ask(call, app, system, question, schema, max_tokens=40)
+        text, _ = await self._ask(call, app, system, question, schema, max_tokens=40)
         try:
             choice = json.loads(text).get("operation")
         except (ValueError, AttributeError):
@@ -404,12 +486,13 @@ class AppRunner:
 
     async def _arguments(
         self, call: Call, app: LoadedApp, operation: Operation, question: str
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], str | None]:
+        """The call's arguments and the class the gateway gave their step (None: no step)."""
         schema = operation.arguments_schema
         if not schema.get("properties"):
-            return {}
+            return {}, None
         system = arguments_prompt(operation)
-        text = await self._ask(call, app, system, question, schema, max_tokens=256)
+        text, level = await self._ask(call, app, system, question, schema, max_tokens=256)
         try:
             arguments = json.loads(text)
         except ValueError:
@@ -418,7 +501,8 @@ class AppRunner:
             ) from None
         if not isinstance(arguments, dict):
             raise CallError(f"The arguments of {operation.key} are not an object.")
-        return supported_arguments(tidy_arguments(operation, arguments), schema, question)
+        arguments = supported_arguments(tidy_arguments(operation, arguments), schema, question)
+        return arguments, level
 
     async def _ask(
         self,
@@ -429,8 +513,9 @@ class AppRunner:
         schema: dict[str, Any],
         *,
         max_tokens: int,
-    ) -> str:
-        """One grammar-constrained, non-streamed model step through the gateway."""
+    ) -> tuple[str, str | None]:
+        """One grammar-constrained, non-streamed model step through the gateway:
+        its text, and the class the gateway gave it."""
         body = {
             "model": app.manifest.spec.model,
             "messages": [
@@ -447,10 +532,14 @@ class AppRunner:
         answer = await self.gateway.handle(_sub_call(call, body, stream=False))
         payload = _payload(answer)
         choices = payload.get("choices") or [{}]
-        return str((choices[0].get("message") or {}).get("content") or "")
+        text = str((choices[0].get("message") or {}).get("content") or "")
+        return text, answer.headers.get(CLASSIFICATION_HEADER)
 
     async def _execute(self, principal: Principal, app: LoadedApp, record: ToolCallRecord) -> None:
-        """Call the API (never raises for the API's failures) and audit the call."""
+        """Call the API or MCP tool (never raises for its failures) and audit the call."""
+        if is_mcp(record.operation):
+            await self._execute_mcp(principal, app, record)
+            return
         operation = record.operation
         api = app.apis[operation.api].spec
         started = time.perf_counter()
@@ -488,6 +577,73 @@ class AppRunner:
                 status=status,
                 latency_ms=round(latency, 3),
                 error_code="tool_call_failed" if failed else None,
+            )
+        )
+
+    async def _execute_mcp(
+        self, principal: Principal, app: LoadedApp, record: ToolCallRecord
+    ) -> None:
+        spec = app.mcps[record.operation.api]
+        try:
+            if self.mcp is None:
+                raise CallError("MCP servers are not available on this server.")
+            headers = resolve_headers(spec.headers, self.config.secret_env)
+            timeout = min(spec.timeout_s or self.config.call_timeout_s, self.config.call_timeout_s)
+            record.result = await self.mcp.call_tool(
+                spec,
+                record.operation,
+                record.arguments,
+                headers,
+                timeout_s=timeout,
+                max_bytes=self.config.max_response_bytes,
+                caller=Caller(principal.workspace, principal.key_id, app.model_id),
+            )
+        except CallError as exc:
+            record.error = str(exc)
+        result = record.result
+        failed = record.error is not None or (result is not None and result.error is not None)
+        self._audit_call(
+            principal,
+            app,
+            record,
+            outcome="error" if failed else "ok",
+            status=(result.status or 0) if result else 0,
+            code="tool_call_failed" if failed else None,
+        )
+
+    def _audit_call(
+        self,
+        principal: Principal,
+        app: LoadedApp,
+        record: ToolCallRecord,
+        *,
+        outcome: str,
+        status: int,
+        code: str | None,
+    ) -> None:
+        """One entry per MCP tool call: server, tool, outcome and latency; the arguments
+        and the result only where the workspace keeps content (``log_content``)."""
+        operation = record.operation
+        spec = app.mcps[operation.api]
+        result = record.result
+        keep = self.gateway.policy(principal.workspace).log_content
+        self.gateway.audit.append(
+            AuditRecord(
+                time=datetime.now(UTC),
+                key_id=principal.key_id,
+                workspace=principal.workspace,
+                endpoint="app mcp call",
+                requested_model=app.model_id,
+                classification=record.level or self._app_level(principal.workspace, app),
+                reasons=(f"mcp {spec.name} tool {operation.operation_id}",),
+                provider=f"mcp:{spec.name}",
+                location=spec.location or (urlsplit(spec.url).hostname if spec.url else "stdio"),
+                outcome=outcome,
+                status=status,
+                latency_ms=result.latency_ms if result else 0.0,
+                error_code=code,
+                prompt_text=json.dumps(record.arguments, ensure_ascii=False) if keep else None,
+                response_text=(result.text if result else None) if keep else None,
             )
         )
 
@@ -574,6 +730,7 @@ class AppRunner:
         if action is None:
             action = self.actions.get(principal.workspace_id, action_id)
         app = self.apps.load(principal.workspace_id, action.app_name, action.app_ref)
+        await self._discover(app, principal)
         operation = app.find(action.api, action.operation)
         if operation is None:
             raise Conflict(

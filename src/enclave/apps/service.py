@@ -42,7 +42,7 @@ from enclave.apps.manifest import (
     to_yaml,
 )
 from enclave.apps.openapi import Operation, load_operations
-from enclave.apps.spec import ApiSpec, AppManifest
+from enclave.apps.spec import ApiSpec, AppManifest, McpSpec
 from enclave.egress import EgressPolicy, url_refusal
 from enclave.errors import InvalidRequest, ModelNotFound, NotFound
 from enclave.gateway.classification import Levels
@@ -101,19 +101,30 @@ class LoadedApp:
     apis: dict[str, AppApi]
     # Filled by the runner: each operation's description embedding, for routing.
     vectors: dict[str, Any] = field(default_factory=dict)
+    mcps: dict[str, McpSpec] = field(default_factory=dict)
+    # Filled by the runner from each MCP server's tools/list: (operation, read only).
+    mcp_tools: dict[str, list[tuple[Operation, bool]]] = field(default_factory=dict)
 
     @property
     def model_id(self) -> str:
         return APP_MODEL_PREFIX + self.name + ("" if self.version else f"@{self.ref}")
 
     def operations(self) -> list[Operation]:
-        return [op for api in self.apis.values() for op in api.operations]
+        listed = [op for api in self.apis.values() for op in api.operations]
+        return listed + [op for tools in self.mcp_tools.values() for op, _ in tools]
 
     def find(self, api: str, operation: str) -> Operation | None:
+        if api in self.mcp_tools:
+            return next((op for op, _ in self.mcp_tools[api] if op.matches(operation)), None)
         found = self.apis.get(api)
         if found is None:
             return None
         return next((op for op in found.operations if op.matches(operation)), None)
+
+    def read_only(self, operation: Operation) -> bool:
+        """Whether an MCP tool said ``readOnlyHint: true`` (API operations: False)."""
+        tools = self.mcp_tools.get(operation.api, [])
+        return any(op.key == operation.key and flag for op, flag in tools)
 
 
 def parse_model_id(model: str) -> tuple[str, str | None] | None:
@@ -219,10 +230,46 @@ class AppService:
                     "server's apps.secret_env, so the app may not read it.",
                     param=f"spec.apis[{index}].headers",
                 )
+        self._check_mcps(spec.mcps)
         avatar = manifest.metadata.avatar
         if avatar is not None:
             self._avatar_bytes(avatar)
         return manifest
+
+    def _check_mcps(self, mcps: list[McpSpec]) -> None:
+        """Each MCP server's class, URL, header secrets and (stdio) command are allowed."""
+        allowed = set(self.config.secret_env)
+        commands = [list(command) for command in self.config.mcp_commands]
+        for index, mcp in enumerate(mcps):
+            where = f"spec.mcps[{index}]"
+            if mcp.clearance is not None and mcp.clearance not in self.levels.rank:
+                raise InvalidRequest(
+                    f"{where}.clearance: unknown class '{mcp.clearance}' "
+                    f"(known: {', '.join(self.levels.names)}).",
+                    param=f"{where}.clearance",
+                )
+            if mcp.url is not None and (refusal := url_refusal(self.egress, mcp.url)) is not None:
+                raise InvalidRequest(f"{where}.url: {refusal}.", param=f"{where}.url")
+            refused = sorted(referenced_env(mcp.headers) - allowed)
+            if refused:
+                raise InvalidRequest(
+                    f"{where}.headers: env:{', env:'.join(refused)} is not in the server's "
+                    "apps.secret_env, so the app may not read it.",
+                    param=f"{where}.headers",
+                )
+            if mcp.command is not None and list(mcp.command) not in commands:
+                raise InvalidRequest(
+                    f"{where}.command: {mcp.command} is not one of the server's "
+                    "apps.mcp_commands; an admin lists the stdio servers apps may start.",
+                    param=f"{where}.command",
+                )
+
+    def mcp_clearance(self, mcp: McpSpec) -> str:
+        """The highest class an MCP server may receive: its declared ``clearance``, else
+        the lowest class (fail closed: the app's author says when it may receive more)."""
+        if mcp.clearance is not None and mcp.clearance in self.levels.rank:
+            return mcp.clearance
+        return self.levels.lowest
 
     def workspace_floor(self, workspace_id: int) -> tuple[str, str]:
         """(workspace name, its configured floor) for a workspace id."""
@@ -566,7 +613,8 @@ class AppService:
             assert isinstance(api.schema_, dict)
             operations = load_operations(api.schema_, api.name, only=api.operations)
             apis[api.name] = AppApi(api, tuple(operations))
-        loaded = LoadedApp(name, key[2], version, manifest, apis)
+        mcps = {mcp.name: mcp for mcp in manifest.spec.mcps}
+        loaded = LoadedApp(name, key[2], version, manifest, apis, mcps=mcps)
         self._loaded[key] = loaded
         while len(self._loaded) > 256:
             self._loaded.popitem(last=False)

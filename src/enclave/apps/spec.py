@@ -34,6 +34,7 @@ APP_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 WRITE_METHODS: list[Method] = ["POST", "PUT", "PATCH", "DELETE"]
 FIXTURE_KEY = re.compile(r"^(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) /\S*$")
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 
 
 class SpecModel(BaseModel):
@@ -78,6 +79,56 @@ class ApiSpec(SpecModel):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL with a host")
         return value.rstrip("/")
+
+
+class McpToolFilter(SpecModel):
+    """Which of an MCP server's tools the app may use."""
+
+    include: list[str] | None = Field(None, description="Only these tools (names).")
+    exclude: list[str] = Field(default_factory=list, description="Never these tools.")
+
+
+class McpSpec(SpecModel):
+    """One MCP server the app may use as tools: Streamable HTTP (``url``) or stdio
+    (``command``, one of the server's ``apps.mcp_commands``).
+
+    The server is a destination: it receives only requests classified at or
+    below ``clearance``. A tool whose annotations do not say ``readOnlyHint:
+    true`` runs only after the user's confirmation.
+    """
+
+    name: str = Field(pattern=APP_NAME_PATTERN)
+    description: str = ""
+    url: str | None = Field(None, description="Streamable HTTP endpoint, e.g. https://h/mcp.")
+    command: list[str] | None = Field(
+        None, min_length=1, description="A stdio server's command line (argv)."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Sent with every HTTP request; env:NAME is resolved on the server.",
+    )
+    location: str | None = Field(None, description="Where it runs, for the audit log.")
+    clearance: str | None = Field(
+        None,
+        description="The highest class it may receive. Default: the lowest class.",
+    )
+    tools: McpToolFilter = Field(default_factory=McpToolFilter)
+    timeout_s: float | None = Field(None, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpSpec:
+        if (self.url is None) == (self.command is None):
+            raise FieldProblem(("url",), "an MCP server needs exactly one of 'url' or 'command'")
+        if self.command is not None and self.headers:
+            raise FieldProblem(("headers",), "headers are for a 'url' server, not a 'command'")
+        return self
 
 
 class CallExpectation(SpecModel):
@@ -157,12 +208,20 @@ class Step(SpecModel):
 
 
 class FixtureResponse(SpecModel):
-    """A canned API response used by ``enclave test`` instead of the real API."""
+    """A canned API response used by ``enclave test`` instead of the real API, or a
+    canned MCP tool (its result, and what the server would say about the tool)."""
 
     status: int = Field(200, ge=100, le=599)
     json_: Any = Field(None, alias="json")
     body: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    description: str | None = Field(None, description="MCP: the tool's description.")
+    read_only: bool = Field(
+        False, description="MCP: the tool says readOnlyHint: true (else it needs confirmation)."
+    )
+    input_schema: dict[str, Any] | None = Field(
+        None, description="MCP: the tool's input schema (default: no arguments)."
+    )
 
 
 class AppTest(SpecModel):
@@ -170,7 +229,8 @@ class AppTest(SpecModel):
 
     name: str = Field(min_length=1, max_length=200)
     fixtures: dict[str, dict[str, FixtureResponse]] = Field(
-        default_factory=dict, description="API name -> 'METHOD /path' -> response."
+        default_factory=dict,
+        description="API name -> 'METHOD /path' -> response; MCP server name -> tool -> result.",
     )
     steps: list[Step] = Field(min_length=1)
 
@@ -195,6 +255,7 @@ class AppBody(SpecModel):
     knowledge: list[str] = Field(default_factory=list, description="Knowledge base names.")
     grounding: Grounding = Field(default_factory=Grounding)
     apis: list[ApiSpec] = Field(default_factory=list)
+    mcps: list[McpSpec] = Field(default_factory=list, description="MCP servers as tools.")
     tool_threshold: float | None = Field(None, ge=-1, le=1)
     max_tool_calls: int | None = Field(None, ge=1, le=10)
     tests: list[AppTest] = Field(default_factory=list)
@@ -205,7 +266,14 @@ class AppBody(SpecModel):
         for index, name in enumerate(names):
             if name in names[:index]:
                 raise FieldProblem(("apis", index, "name"), f"API '{name}' is declared twice")
+        for index, mcp in enumerate(self.mcps):
+            if mcp.name in names:
+                raise FieldProblem(
+                    ("mcps", index, "name"), f"'{mcp.name}' is already an API or MCP server"
+                )
+            names.append(mcp.name)
         known = set(names)
+        servers = {mcp.name for mcp in self.mcps}
         for t, test in enumerate(self.tests):
             for api, responses in test.fixtures.items():
                 if api not in known:
@@ -213,7 +281,13 @@ class AppBody(SpecModel):
                         ("tests", t, "fixtures", api), f"no API named '{api}' in spec.apis"
                     )
                 for key in responses:
-                    if not FIXTURE_KEY.match(key):
+                    if api in servers:
+                        if not TOOL_NAME.match(key):
+                            raise FieldProblem(
+                                ("tests", t, "fixtures", api, key),
+                                "an MCP server's fixture keys are tool names",
+                            )
+                    elif not FIXTURE_KEY.match(key):
                         raise FieldProblem(
                             ("tests", t, "fixtures", api, key),
                             "fixture keys look like 'GET /path'",

@@ -66,6 +66,7 @@ class KeyInfo:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    clearance: str | None = None
 
     @property
     def status(self) -> str:
@@ -97,8 +98,13 @@ class KeyService:
         is_admin: bool = False,
         expires_at: datetime | None = None,
         key: str | None = None,
+        clearance: str | None = None,
     ) -> tuple[str, KeyInfo]:
-        """Create a key and return ``(secret, info)``. The secret is never stored."""
+        """Create a key and return ``(secret, info)``. The secret is never stored.
+
+        ``clearance`` is the highest class the key may receive (a class name the
+        caller has checked), see :mod:`enclave.gateway.disclosure`.
+        """
         if key is not None and len(key) < 16:
             raise InvalidRequest("an API key must be at least 16 characters long")
         secret = key or generate_key()
@@ -111,6 +117,7 @@ class KeyService:
                 key_hash=hash_key(secret),
                 is_admin=is_admin,
                 expires_at=expires_at,
+                receive_clearance=clearance,
             )
             session.add(row)
             session.flush()
@@ -164,7 +171,9 @@ class KeyService:
                 cache.pop(cache_key, None)
                 raise AuthenticationFailed("Invalid API key.")
             row, workspace = found
-            principal = Principal(row.id, row.name, row.workspace_id, workspace, row.is_admin)
+            principal = Principal(
+                row.id, row.name, row.workspace_id, workspace, row.is_admin, row.receive_clearance
+            )
             cached = (now + CACHE_SECONDS, principal, row.expires_at)
             cache[cache_key] = cached
         _, principal, expires_at = cached
@@ -202,6 +211,22 @@ class KeyService:
             rows = session.execute(query.order_by(ApiKeyRow.id)).all()
             return [self._info(row, name) for row, name in rows]
 
+    def set_clearance(self, key_id: int, clearance: str | None) -> KeyInfo:
+        """Change the highest class a key may receive (None: back to the default)."""
+        with self._sessions.begin() as session:
+            found = session.execute(
+                select(ApiKeyRow, WorkspaceRow.name)
+                .join(WorkspaceRow, WorkspaceRow.id == ApiKeyRow.workspace_id)
+                .where(ApiKeyRow.id == key_id)
+            ).first()
+            if found is None:
+                raise NotFound(f"No API key with id {key_id}.")
+            row, workspace = found
+            row.receive_clearance = clearance
+            self._cache.pop(row.key_hash, None)
+            self._by_id.pop(row.id, None)
+            return self._info(row, workspace)
+
     def revoke(self, key_id: int) -> KeyInfo:
         with self._sessions.begin() as session:
             found = session.execute(
@@ -229,4 +254,5 @@ class KeyService:
             created_at=row.created_at,
             expires_at=row.expires_at,
             revoked_at=row.revoked_at,
+            clearance=row.receive_clearance,
         )

@@ -14,6 +14,8 @@ class Principal:
     workspace_id: int
     workspace: str
     is_admin: bool
+    # The highest class this key may receive (see enclave.gateway.disclosure); None: unset.
+    clearance: str | None = None
 
     @property
     def tenant(self) -> str:

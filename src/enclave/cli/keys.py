@@ -27,6 +27,17 @@ def _service(config: ConfigOption) -> KeyService:
     return KeyService(sessions)
 
 
+def _class_name(config: ConfigOption, value: str | None) -> str | None:
+    """``value`` as one of the configured classes, or exit with the known ones."""
+    if value is None:
+        return None
+    names = settings_or_exit(config).classifications
+    if value.strip().lower() not in names:
+        typer.echo(f"Unknown class '{value}'; known: {', '.join(names)}.", err=True)
+        raise typer.Exit(2)
+    return value.strip().lower()
+
+
 @app.command()
 def create(
     name: Annotated[str, typer.Argument(help="A label, e.g. the person or service using it.")],
@@ -34,6 +45,10 @@ def create(
     admin: Annotated[bool, typer.Option("--admin", help="Allow admin endpoints.")] = False,
     expires_in_days: Annotated[
         int | None, typer.Option(min=1, help="Expire the key after this many days.")
+    ] = None,
+    clearance: Annotated[
+        str | None,
+        typer.Option(help="The highest class the key may receive on /mcp and the query API."),
     ] = None,
     config: ConfigOption = None,
 ) -> None:
@@ -43,7 +58,11 @@ def create(
     """
     expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
     secret, info = _service(config).create(
-        name, workspace=workspace, is_admin=admin, expires_at=expires
+        name,
+        workspace=workspace,
+        is_admin=admin,
+        expires_at=expires,
+        clearance=_class_name(config, clearance),
     )
     typer.echo(f"Created key {info.id} '{info.name}' in workspace '{info.workspace}'.", err=True)
     typer.echo("The secret is shown only now:", err=True)

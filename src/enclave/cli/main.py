@@ -13,6 +13,7 @@ from enclave.cli import (
     deployments,
     keys,
     knowledge,
+    mcp,
     providers,
     runner,
     runners,
@@ -43,6 +44,7 @@ app.add_typer(usage.app, name="usage")
 app.add_typer(knowledge.app, name="knowledge")
 app.add_typer(runners.app, name="runners")
 app.add_typer(deployments.app, name="deployments")
+app.add_typer(mcp.app, name="mcp")
 app.command("apply")(apps.apply_command)
 app.add_typer(apps.app, name="apps")
 app.command("test")(app_tests.test_command)

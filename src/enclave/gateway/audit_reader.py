@@ -63,6 +63,11 @@ class AuditReader:
         self._log = log
         self._head_file = head_file
 
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """The database the log is read from, for views of it (``enclave.mcp.clients``)."""
+        return self._sessions
+
     def entries(
         self,
         *,

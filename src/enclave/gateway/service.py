@@ -125,16 +125,19 @@ class Answer:
         extra: dict[str, Any],
         *,
         stream: bool,
+        annotations: list[dict[str, Any]] | None = None,
     ) -> Answer:
-        """A chat answer decided in code (no model): a body, or the same as a stream."""
+        """A chat answer decided in code (no model): a body, or the same as a stream.
+        ``annotations`` go on the message (a delta of their own in a stream)."""
         if stream:
             return cls(
                 200,
                 headers,
-                stream=responses.fixed_chat_stream(model, text, extra),
+                stream=responses.fixed_chat_stream(model, text, extra, annotations),
                 media_type="text/event-stream",
             )
-        return cls(200, headers, body=orjson.dumps(responses.fixed_chat_body(model, text, extra)))
+        body = responses.fixed_chat_body(model, text, extra, annotations)
+        return cls(200, headers, body=orjson.dumps(body))
 
     def echo_model(self, model: str) -> Answer:
         """Name ``model`` (what the client asked for: an alias, ``app/<name>``) as the

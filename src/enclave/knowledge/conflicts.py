@@ -1,25 +1,25 @@
-"""Disagreement between retrieved passages, found without asking the model.
+"""Disagreement between retrieved documents, found in code for any answer type.
 
-A 135M-parameter model cannot be trusted to notice that two documents give
-different dates for the same event, so this is done in code, cheaply:
+A small model cannot be trusted to notice that two documents name different
+people for the same post, so this is done without it:
 
-1. For each passage, take the sentence that is most about the question
-   (shares the most of its content words); passages with no such sentence
-   say nothing on the point asked. The sentence must also name the
-   question's *subject*: its content words other than units and question
-   words. "How many days of parental leave?" has the subject {parental,
-   leave}, so "25 days of annual leave" is a different quantity, not a
-   competing answer.
-2. From those sentences extract the key values of the kind the question
-   asks for: dates for "when", places for "where", amounts for "how
-   many/much/long", or all three kinds when the question does not say.
-3. If sentences from different documents give values of the same kind that
-   cannot both be true (1998 vs 2001; Uppsala vs Lund; 25 days vs 30
-   days), the passages that agree with the best-ranked one are
-   ``supporting`` and the others ``contradicting``.
+1. Each passage's **claim** is its best-scoring sentence that answers the
+   question (:meth:`Candidate.answers`: it names the question's focus and
+   carries a value of the expected type), held to a stricter focus here
+   (:data:`CLAIM_FOCUS`): a sentence about something else is no rival.
+2. From each claim take the **candidate answers** of the expected type
+   (:func:`candidate_values`): people, organisations, places, titles,
+   numbers, dates, or yes/no from the sentence's polarity.
+3. **Cluster** equivalent values: "Annie Ernaux" and "Ernaux" share a name;
+   "March 1998" and "1998-03-12" are the same month; "26 percent" and
+   "26%" are one number.
+4. When claims from different documents have no value in common with the
+   best-ranked claim, the documents disagree: ``supporting`` are the claims
+   that agree with the best-ranked one, ``contradicting`` the others, each
+   quoted.
 
-It errs on the side of silence: no value, no single kind, or one document
-only means no disagreement.
+It errs on the side of silence: a single document, claims without values,
+or values that can both be true mean no disagreement.
 """
 
 from __future__ import annotations
@@ -29,107 +29,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from enclave.knowledge.extractive import Candidate
+from enclave.knowledge.facts import dates, name_key, names, numbers, quotes
+from enclave.knowledge.questions import (
+    ORGANISATION,
+    PLACE,
+    QuestionIntent,
+    person_names,
+    stem,
+    term_weight,
+)
 from enclave.knowledge.service import Passage
-from enclave.knowledge.text import best_sentence, content_words, support
+from enclave.knowledge.text import content_words
 
-# How much of the question a sentence must cover to count as being about it.
-TOPIC_SUPPORT = 0.5
-
-MONTHS = {
-    name: number
-    for number, names in enumerate(
-        (
-            ("january", "jan"),
-            ("february", "feb"),
-            ("march", "mar"),
-            ("april", "apr"),
-            ("may",),
-            ("june", "jun"),
-            ("july", "jul"),
-            ("august", "aug"),
-            ("september", "sep", "sept"),
-            ("october", "oct"),
-            ("november", "nov"),
-            ("december", "dec"),
-        ),
-        start=1,
-    )
-    for name in names
-}
-_MONTH = r"(january|february|march|april|may|june|july|august|september|october|november|december|jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec)\.?"  # noqa: E501
-_YEAR = r"(1[0-9]{3}|20[0-9]{2})"
-DATE_PATTERNS = (
-    re.compile(rf"\b{_YEAR}-(\d{{2}})-(\d{{2}})\b"),  # 1998-03-12
-    re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\s+{_YEAR}\b", re.I),
-    re.compile(rf"\b{_MONTH}\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+{_YEAR}\b", re.I),
-    re.compile(rf"\b{_MONTH}\s+{_YEAR}\b", re.I),
+# The (rarity-weighted) share of the focus a claim must name.
+CLAIM_FOCUS = 0.6
+NEGATION = re.compile(
+    r"\b(?:not|no|never|none|neither|nor|cannot|without|refused|rejected|denied)\b|n't\b", re.I
 )
-YEAR = re.compile(rf"\b{_YEAR}\b")
-UNITS = (
-    r"%|percent|per cent|days?|working days|weeks?|months?|years?|hours?|minutes?|"
-    r"euros?|eur|€|kronor|sek|usd|dollars?|\$|pounds?|gbp|£|km|kilomet(?:re|er)s?|metres?|"
-    r"meters?|kg|tonnes?|people|persons?|employees|staff|members|seats|beds|times"
+_TITLE = re.compile(
+    r"\b[A-Z][\w'\u2019-]*(?:\s+(?:of|the|and|for|in|on|a|[A-Z][\w'\u2019-]*)){1,6}"
 )
-AMOUNT = re.compile(rf"(?:(€|\$|£)\s?)?\b(\d+(?:[.,]\d+)*)\s*({UNITS})?(?![\w-])", re.I)
-PLACE = re.compile(
-    r"\b(?:in|at|near|from|to)\s+((?:the\s+)?[A-ZÅÄÖÉ][\w'\u2019-]+(?:\s+(?:[A-ZÅÄÖÉ][\w'\u2019-]+|of|upon|am|an|de)){0,3})"
-)
-NOT_PLACES = {month.capitalize() for month in MONTHS} | {
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-    "The",
-    "This",
-    "That",
-    "Article",
-    "Section",
-}
-KIND_HINTS = (
-    ("date", re.compile(r"\b(when|what (?:year|date|day|month)|which (?:year|date|day))\b", re.I)),
-    (
-        "place",
-        re.compile(
-            r"\b(where|which (?:city|town|place|country|venue)|what (?:city|place))\b", re.I
-        ),
-    ),
-    (
-        "amount",
-        re.compile(
-            r"\b(how (?:many|much|long|old|often)|what (?:percentage|share|number|amount))\b", re.I
-        ),
-    ),
-)
-KINDS = ("date", "place", "amount")
-# Words that say what kind of value is asked, not what it is about.
-ASKING_WORDS = frozenset(
-    {
-        "many",
-        "much",
-        "long",
-        "old",
-        "often",
-        "year",
-        "date",
-        "day",
-        "month",
-        "city",
-        "town",
-        "place",
-        "country",
-        "venue",
-        "percentage",
-        "share",
-        "number",
-        "amount",
-        "held",
-    }
-)
-# The share of the question's subject words a sentence must name (all, for up to 4 words).
-SUBJECT_SUPPORT = 0.75
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +72,9 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class Disagreement:
-    """Passages that contradict each other on the point asked."""
+    """Documents that contradict each other on the point asked."""
 
-    kind: str  # "date", "place" or "amount"
+    kind: str  # the question's answer type: "person", "date", "number", ...
     supporting: tuple[Claim, ...]  # agree with the best-ranked passage
     contradicting: tuple[Claim, ...]
 
@@ -166,122 +86,105 @@ class Disagreement:
         }
 
 
-def extract_values(sentence: str, kind: str, question: str = "") -> set[str]:
-    """The normalised values of ``kind`` in a sentence ("1998-03-12", "1998", "lund", "25 day")."""
+def polarity(sentence: str) -> str:
+    """ "no" when the sentence negates, else "yes"."""
+    return "no" if NEGATION.search(sentence) else "yes"
+
+
+def candidate_values(question: QuestionIntent, sentence: str) -> set[str]:
+    """The answers of the question's type that ``sentence`` gives, normalised."""
+    kind = question.answer_type
+    if kind == "number":
+        asked = numbers(question.text)
+        years = {value for value in dates(sentence) if len(value) == 4}
+        return numbers(sentence) - asked - years
     if kind == "date":
-        return _dates(sentence)
+        return dates(sentence) - dates(question.text)
+    if kind == "person":
+        return person_names(sentence, question.names)
+    if kind == "organisation":
+        known = question.names | {name_key(word) for word in question.text.split()}
+        found = set()
+        for match in ORGANISATION.finditer(sentence):
+            words = {name_key(word) for word in match.group().split()} - known
+            if words:
+                found.add(" ".join(sorted(words)))
+        return found or (names(sentence) - known)
     if kind == "place":
-        asked = {word.lower() for word in re.findall(r"\w+", question)}
-        places = set()
-        for match in PLACE.finditer(sentence):
-            words = [w for w in match.group(1).split() if w.lower() != "the"]
-            while words and words[-1] in NOT_PLACES:
-                words.pop()
-            if not words or words[0] in NOT_PLACES or YEAR.fullmatch(words[0]):
-                continue
-            if all(word.lower() in asked for word in words):
-                continue  # the question's own subject, not an answer
-            places.add(" ".join(words).lower())
-        return places
-    amounts = set()
-    dated = {value[:4] for value in _dates(sentence)}
-    for match in AMOUNT.finditer(sentence):
-        prefix, number, unit = match.group(1), match.group(2), (match.group(3) or "")
-        if number in dated or (not unit and not prefix and YEAR.fullmatch(number)):
-            continue
-        unit = (prefix or unit).lower().rstrip("s") if (prefix or unit) else ""
-        amounts.add(f"{number.replace(',', '')} {unit}".strip())
-    return amounts
+        capitalised = names(sentence)
+        return {
+            name_key(m.group(1))
+            for m in PLACE.finditer(sentence)
+            if name_key(m.group(1)) in capitalised and name_key(m.group(1)) not in question.names
+        }
+    if kind == "yesno":
+        return {polarity(sentence)}
+    titled = quotes(sentence) or {
+        name_key(m.group()) for m in _TITLE.finditer(sentence) if m.start() > 0
+    }
+    asked_text = question.text.lower()
+    return {title for title in titled if title not in asked_text}
 
 
-def _dates(sentence: str) -> set[str]:
-    found: set[str] = set()
-    spans: list[tuple[int, int]] = []
-    for index, pattern in enumerate(DATE_PATTERNS):
-        for match in pattern.finditer(sentence):
-            if any(start <= match.start() < end for start, end in spans):
-                continue
-            spans.append(match.span())
-            groups = match.groups()
-            if index == 0:
-                found.add(f"{groups[0]}-{groups[1]}-{groups[2]}")
-            elif index == 1:
-                day, month, year = groups
-                found.add(f"{year}-{MONTHS[month.lower().rstrip('.')]:02d}-{int(day):02d}")
-            elif index == 2:
-                month, day, year = groups
-                found.add(f"{year}-{MONTHS[month.lower().rstrip('.')]:02d}-{int(day):02d}")
-            else:
-                month, year = groups
-                found.add(f"{year}-{MONTHS[month.lower().rstrip('.')]:02d}")
-    for match in YEAR.finditer(sentence):
-        if not any(start <= match.start() < end for start, end in spans):
-            found.add(match.group())
-    return found
-
-
-def compatible(kind: str, ours: set[str], theirs: set[str]) -> bool:
-    """Whether two value sets can both be true: they share a value (a date also matches
-    a coarser date of the same year or month)."""
-    if ours & theirs:
+def same_value(kind: str, ours: str, theirs: str) -> bool:
+    """Whether two candidate answers can be the same thing."""
+    if ours == theirs:
         return True
     if kind == "date":
-        return any(a.startswith(b) or b.startswith(a) for a in ours for b in theirs)
+        return ours.startswith(theirs) or theirs.startswith(ours)
+    if kind in ("person", "organisation", "open", "place"):
+        a, b = set(ours.split()), set(theirs.split())
+        return bool(a & b) or ours in theirs or theirs in ours
     return False
 
 
-def question_subject(question: str) -> set[str]:
-    """What the question is about: its content words less units and asking words."""
-    units = content_words(UNITS.replace("|", " ").replace("(?:", " ").replace(")?", " "))
-    return content_words(question) - units - ASKING_WORDS
+def compatible(kind: str, ours: set[str], theirs: set[str]) -> bool:
+    """Whether two claims' values can both be true: some pair is the same value."""
+    return any(same_value(kind, a, b) for a in ours for b in theirs)
 
 
-def _topic_sentence(
-    passage: Passage, question_words: set[str], subject: set[str]
-) -> tuple[int, int] | None:
-    span, score = best_sentence(passage.chunk.text, question_words)
-    if span is None or score < TOPIC_SUPPORT:
-        return None
-    named = content_words(passage.chunk.text[span[0] : span[1]])
-    needed = 1.0 if len(subject) <= 4 else SUBJECT_SUPPORT
-    return span if support(subject, named) >= needed else None
+def _names_subject(question: QuestionIntent, candidate: Candidate) -> bool:
+    """Whether the candidate (with its context) names the question's most specific focus
+    term: "25 days of annual leave" does not answer "how much parental leave"."""
+    subject = max(question.focus, key=term_weight)
+    return stem(subject) in {stem(word) for word in content_words(candidate.context)}
 
 
-def find_disagreement(question: str, passages: Sequence[Passage]) -> Disagreement | None:
-    """Passages from different documents that give incompatible values for what is asked."""
-    question_words = content_words(question)
-    if not question_words or len(passages) < 2:
-        return None
-    kinds = [kind for kind, hint in KIND_HINTS if hint.search(question)] or list(KINDS)
-    subject = question_subject(question)
-    topical = []
-    for number, passage in enumerate(passages, start=1):
-        span = _topic_sentence(passage, question_words, subject)
-        if span is not None:
-            topical.append((number, passage, span))
-    for kind in kinds:
-        claims = []
-        for number, passage, (start, end) in topical:
-            sentence = passage.chunk.text[start:end]
-            values = extract_values(sentence, kind, question)
-            if values:
-                offset = passage.chunk.char_start
-                claims.append(
-                    Claim(
-                        number,
-                        passage,
-                        sentence,
-                        offset + start,
-                        offset + end,
-                        tuple(sorted(values)),
-                    )
-                )
-        if len({claim.passage.document_id for claim in claims}) < 2:
+def _claims(question: QuestionIntent, ranked: Sequence[Candidate]) -> list[Claim]:
+    """The best answering sentence of each passage, with its values (best passage first)."""
+    claims: dict[int, Claim] = {}
+    for candidate in ranked:
+        if candidate.number in claims or not candidate.answers(question):
             continue
-        lead = set(claims[0].values)
-        supporting = [c for c in claims if compatible(kind, lead, set(c.values))]
-        contradicting = [c for c in claims if not compatible(kind, lead, set(c.values))]
-        documents = {c.passage.document_id for c in supporting}
-        if any(c.passage.document_id not in documents for c in contradicting):
-            return Disagreement(kind, tuple(supporting), tuple(contradicting))
-    return None
+        if question.focus and (
+            candidate.focus < CLAIM_FOCUS or not _names_subject(question, candidate)
+        ):
+            continue
+        values = candidate_values(question, candidate.text)
+        if not values:
+            continue
+        start, end = candidate.document_span
+        claims[candidate.number] = Claim(
+            candidate.number,
+            candidate.passage,
+            candidate.text,
+            start,
+            end,
+            tuple(sorted(values)),
+        )
+    return sorted(claims.values(), key=lambda claim: claim.number)  # the retriever's order
+
+
+def find_disagreement(question: QuestionIntent, ranked: Sequence[Candidate]) -> Disagreement | None:
+    """Claims from different documents whose answers cannot both be true."""
+    claims = _claims(question, ranked)
+    if len({claim.passage.document_id for claim in claims}) < 2:
+        return None
+    kind = question.answer_type
+    lead = set(claims[0].values)
+    supporting = [c for c in claims if compatible(kind, lead, set(c.values))]
+    contradicting = [c for c in claims if not compatible(kind, lead, set(c.values))]
+    documents = {c.passage.document_id for c in supporting}
+    if not any(c.passage.document_id not in documents for c in contradicting):
+        return None
+    return Disagreement(kind, tuple(supporting), tuple(contradicting))

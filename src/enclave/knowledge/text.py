@@ -7,8 +7,37 @@ from collections.abc import Iterator
 
 WORD = re.compile(r"\w+", re.UNICODE)
 # A sentence ends at . ! ? (or a line break) followed by space and not inside a number.
+_ABBREVIATIONS = tuple(
+    [
+        "Mr",
+        "Mrs",
+        "Ms",
+        "Dr",
+        "St",
+        "Col",
+        "Gen",
+        "Lt",
+        "Sen",
+        "Rep",
+        "Jr",
+        "Sr",
+        "No",
+        "Adm",
+        "Capt",
+        "Gov",
+        "Prof",
+        "vs",
+        "Mt",
+        "Co",
+        "U.S",
+        "Inc",
+        "Cmdr",
+    ]
+)
+_NOT_AN_END = "".join(rf"(?<!\b{re.escape(word)}\.)" for word in _ABBREVIATIONS)
 _SENTENCE_END = re.compile(
-    r"(?<=[.!?])[\"'\u201d\u2019)\]]*\s+"  # . ! ? then closing quotes or brackets
+    rf"(?<=[.!?]){_NOT_AN_END}(?<!\b[A-Z]\.)"  # not after "Mr." or an initial ("J.")
+    r"[\"'\u201d\u2019)\]]*\s+"  # . ! ? then closing quotes or brackets
     r"|\n\s*\n"  # a blank line
     r"|\n(?=\s*(?:[-*+]|\d+\.|#)\s)"  # a list item or heading on the next line
 )
@@ -65,7 +94,7 @@ def support(claim: set[str], source: set[str]) -> float:
     return len(claim & source) / len(claim) if claim else 0.0
 
 
-def _without_heading(text: str, start: int, end: int) -> int:
+def without_heading(text: str, start: int, end: int) -> int:
     """Where the sentence ``text[start:end]`` starts once leading heading lines are cut
     off; ``end`` when it is only headings."""
     while start < end and text[start] == "#":
@@ -92,7 +121,7 @@ def best_sentence(text: str, words: set[str]) -> tuple[tuple[int, int] | None, f
     fallback = None
     for start, end in sentence_spans(text):
         fallback = fallback or (start, end)
-        content = _without_heading(text, start, end)
+        content = without_heading(text, start, end)
         if content >= end:
             continue
         score = support(words, content_words(text[start:end])) if words else 0.0

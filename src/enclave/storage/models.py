@@ -76,6 +76,9 @@ class ApiKeyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The highest class this key may receive from /mcp and the query API (egress
+    # clearance); None: the workspace floor on /mcp, no limit on the query API.
+    receive_clearance: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class AuditEntryRow(Base):

@@ -196,8 +196,17 @@ def embeddings_body(model: str, result: EmbeddingResult, encoding: str) -> dict[
     }
 
 
-def fixed_chat_body(model: str, text: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """A chat completion whose text was decided in code (no model), with ``extra`` fields."""
+def fixed_chat_body(
+    model: str,
+    text: str,
+    extra: dict[str, Any],
+    annotations: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A chat completion whose text was decided in code (no model), with ``extra`` fields
+    and, when given, ``annotations`` on the message."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if annotations is not None:
+        message["annotations"] = annotations
     return {
         "id": completion_id("chatcmpl"),
         "object": "chat.completion",
@@ -207,7 +216,7 @@ def fixed_chat_body(model: str, text: str, extra: dict[str, Any]) -> dict[str, A
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": "stop",
             }
@@ -217,8 +226,14 @@ def fixed_chat_body(model: str, text: str, extra: dict[str, Any]) -> dict[str, A
     }
 
 
-async def fixed_chat_stream(model: str, text: str, extra: dict[str, Any]) -> AsyncIterator[bytes]:
-    """The same as a stream: role, text, stop, then a ``choices: []`` chunk with ``extra``."""
+async def fixed_chat_stream(
+    model: str,
+    text: str,
+    extra: dict[str, Any],
+    annotations: list[dict[str, Any]] | None = None,
+) -> AsyncIterator[bytes]:
+    """The same as a stream: role, text, annotations (when given), stop, then a
+    ``choices: []`` chunk with ``extra``."""
     base = {
         "id": completion_id("chatcmpl"),
         "object": "chat.completion.chunk",
@@ -233,6 +248,8 @@ async def fixed_chat_stream(model: str, text: str, extra: dict[str, Any]) -> Asy
 
     yield chunk({"role": "assistant", "content": ""})
     yield chunk({"content": text})
+    if annotations is not None:
+        yield chunk({"annotations": annotations})
     yield chunk({}, "stop")
     yield sse({**base, "choices": [], **extra})
     yield DONE

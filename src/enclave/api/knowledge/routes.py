@@ -26,6 +26,7 @@ from enclave.api.deps import Services, require_principal, services
 from enclave.api.params import Offset, PageSize, ResourceId
 from enclave.auth.principals import Principal
 from enclave.errors import InvalidRequest, PayloadTooLarge
+from enclave.gateway.disclosure import Disclosure
 from enclave.input_limits import check_document, check_json_depth, check_text
 from enclave.knowledge.retrieval import Mode
 from enclave.knowledge.service import AddResult, KnowledgeService
@@ -281,10 +282,11 @@ async def query(
     name: str,
     body: Query,
     principal: Principal = Depends(require_principal),
+    svc: Services = Depends(services),
     kb: KnowledgeService = Depends(knowledge),
 ) -> dict[str, Any]:
     filters = body.filters or QueryFilters()
-    passages = await kb.search(
+    found = await kb.search(
         principal.workspace_id,
         [name],
         body.query,
@@ -295,10 +297,23 @@ async def query(
         metadata=filters.metadata,
     )
     threshold = kb.config.threshold if body.threshold is None else body.threshold
-    return {
+    # A key with a receive clearance gets nothing above it (the egress rule, docs/mcp.md).
+    disclosure = Disclosure(svc.gateway)
+    clearance = disclosure.clearance(principal, default_to_floor=False)
+    passages, withheld = disclosure.keep(
+        principal,
+        clearance,
+        found,
+        lambda p: p.classification,
+        endpoint=f"/api/knowledge/{name}/query",
+    )
+    answer: dict[str, Any] = {
         "object": "list",
         "query": body.query,
         "mode": body.mode,
         "threshold": threshold,
         "data": [passage.as_dict() for passage in passages],
     }
+    if clearance is not None:
+        answer["withheld"] = withheld.count
+    return answer

@@ -19,6 +19,11 @@ class KeyCreate(BaseModel):
     expires_at: datetime | None = Field(
         None, description="ISO 8601; a time without a zone is taken as UTC."
     )
+    clearance: str | None = Field(
+        None,
+        description="The highest class the key may receive on /mcp and the query API "
+        "(default: the workspace floor on /mcp, no limit on the query API).",
+    )
 
     @field_validator("expires_at")
     @classmethod
@@ -38,6 +43,7 @@ class KeyOut(BaseModel):
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    clearance: str | None = None
 
     @classmethod
     def of(cls, info: KeyInfo) -> KeyOut:
@@ -51,6 +57,7 @@ class KeyOut(BaseModel):
             created_at=info.created_at,
             expires_at=info.expires_at,
             revoked_at=info.revoked_at,
+            clearance=info.clearance,
         )
 
 
@@ -63,3 +70,11 @@ class Me(BaseModel):
     key_name: str
     workspace: str
     admin: bool
+
+
+class KeyClearance(BaseModel):
+    """``PATCH /api/keys/{id}``: the highest class the key may receive."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    clearance: str | None = Field(description="A class name, or null for the default.")

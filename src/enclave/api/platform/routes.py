@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from enclave.api.deps import Services, require_admin, require_principal, services
 from enclave.api.params import ResourceId, input_limits
-from enclave.api.platform.protocol import KeyCreate, KeyCreated, KeyOut, Me
+from enclave.api.platform.protocol import KeyClearance, KeyCreate, KeyCreated, KeyOut, Me
 from enclave.auth.principals import Principal
 from enclave.errors import PermissionDenied
 from enclave.input_limits import INT64_MAX, check_text
@@ -69,10 +69,27 @@ async def create_key(
     limits: InputLimitsConfig = Depends(input_limits),
 ) -> KeyCreated:
     check_text(body.name, "name", limits.max_name_chars, "max_name_chars")
+    clearance = _clearance(svc, body.clearance)
     secret, info = svc.keys.create(
-        body.name, workspace=body.workspace, is_admin=body.admin, expires_at=body.expires_at
+        body.name,
+        workspace=body.workspace,
+        is_admin=body.admin,
+        expires_at=body.expires_at,
+        clearance=clearance,
     )
     return KeyCreated(**KeyOut.of(info).model_dump(), key=secret)
+
+
+def _clearance(svc: Services, value: str | None) -> str | None:
+    levels = svc.gateway.routing.levels
+    return None if value is None else levels.parse(value, where="", param="clearance")
+
+
+@admin.patch("/keys/{key_id}", summary="Set the highest class an API key may receive")
+async def set_key_clearance(
+    key_id: ResourceId, body: KeyClearance, svc: Services = Depends(services)
+) -> KeyOut:
+    return KeyOut.of(svc.keys.set_clearance(key_id, _clearance(svc, body.clearance)))
 
 
 @admin.delete("/keys/{key_id}", summary="Revoke an API key")

@@ -1,6 +1,7 @@
 """Running an app's tests against a live server: drafts, conversations, repeats.
 
-:func:`run_tests` starts a :class:`~.fixtures.FixtureServer` and creates a
+:func:`run_tests` starts a :class:`~.fixtures.FixtureServer` (and, for an
+app with ``mcps``, stand-in MCP servers, :mod:`.mcp_fixtures`) and creates a
 draft of the app (``POST /api/apps/drafts``) whose every API ``url`` points at
 it and whose ``headers`` are gone, so the server under test calls canned
 responses and no credential ever leaves for a test. Each test runs
@@ -29,6 +30,7 @@ import httpx
 from enclave.apps.evals.assertions import StepAnswer, check
 from enclave.apps.evals.fixtures import FixtureServer
 from enclave.apps.evals.judge import judge
+from enclave.apps.evals.mcp_fixtures import McpFixtureServer
 from enclave.apps.evals.report import Report, TestResult
 from enclave.apps.manifest import canonical
 from enclave.apps.spec import AppManifest, AppTest
@@ -59,14 +61,22 @@ class _StepError(Exception):
     pass
 
 
-def draft_spec(manifest: AppManifest, fixtures: FixtureServer) -> dict[str, Any]:
-    """The canonical app with every API pointed at ``fixtures``, no headers and no tests."""
+def draft_spec(
+    manifest: AppManifest, fixtures: FixtureServer, mcp_fixtures: McpFixtureServer | None = None
+) -> dict[str, Any]:
+    """The canonical app with every API (and MCP server) pointed at ``fixtures``, no headers
+    and no tests. A stdio MCP server becomes a URL one: its stand-in runs here."""
     spec = copy.deepcopy(canonical(manifest))
     body = spec["spec"]
     body.pop("tests", None)
     for api in body.get("apis") or []:
         api["url"] = fixtures.url_for(api["name"])
         api.pop("headers", None)
+    for mcp in body.get("mcps") or []:
+        if mcp_fixtures is not None and mcp["name"] in mcp_fixtures.tools:
+            mcp["url"] = mcp_fixtures.url_for(mcp["name"])
+            mcp.pop("command", None)
+            mcp.pop("headers", None)
     return spec
 
 
@@ -187,8 +197,11 @@ def run_tests(
     if not tests:
         return report
     http = client.http
-    with FixtureServer(fixture_host) as fixtures:
-        draft = _create_draft(http, draft_spec(manifest, fixtures))
+    with (
+        FixtureServer(fixture_host) as fixtures,
+        McpFixtureServer(fixtures, manifest) as mcp_fixtures,
+    ):
+        draft = _create_draft(http, draft_spec(manifest, fixtures, mcp_fixtures))
         try:
             for test in tests:
                 result = TestResult(manifest.name, test.name, min_pass_rate=min_pass_rate)

@@ -84,6 +84,37 @@ async function loadRunners() {
   );
 }
 
+// -- MCP clients ------------------------------------------------------------------------
+
+async function loadMcpClients() {
+  const body = byId("mcp-clients-body");
+  let clients;
+  try {
+    clients = (await api("/api/admin/mcp/clients")).data;
+  } catch (error) {
+    replaceChildren(body, h("tr", {}, h("td", { colspan: "7" }, error.message)));
+    return;
+  }
+  if (!clients.length) {
+    replaceChildren(body, h("tr", {}, h("td", { colspan: "7" }, "No key has used /mcp yet.")));
+    return;
+  }
+  replaceChildren(
+    body,
+    clients.map((client) =>
+      row([
+        client.key_name || "(no key: refused)",
+        client.workspace || "–",
+        client.clearance || "workspace floor",
+        formatNumber(client.calls),
+        formatNumber(client.denied),
+        client.last_call ? formatTime(client.last_call) : "–",
+        Object.entries(client.tools).map(([tool, count]) => `${tool} ${count}`).join(", "),
+      ]),
+    ),
+  );
+}
+
 // -- workspaces and keys ---------------------------------------------------------------
 
 async function loadWorkspaces() {
@@ -380,6 +411,7 @@ function main() {
   byId("verify-chain").addEventListener("click", verifyChain);
   loadProviders();
   loadRunners();
+  loadMcpClients();
   loadWorkspaces();
   loadKeys();
   loadUsage();

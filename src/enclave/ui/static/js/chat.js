@@ -1,5 +1,6 @@
 // The chat page: conversations, streaming answers, and what grounding and
-// apps add to an answer (citations, disagreement, abstention, pending actions).
+// apps add to an answer (citations, quoted extractive answers, clarifying
+// questions, disagreement, abstention, pending actions).
 //
 // Conversations live on the server (/api/conversations). Sending a message
 // POSTs it to /api/conversations/{id}/messages, which streams the same chunks
@@ -308,6 +309,7 @@ class AssistantMessage {
     this.model = model;
     this.text = "";
     this.pending = false;
+    this.finished = false;
     this.body = h("div", { class: "message-body markdown" });
     this.extras = h("div", { class: "message-extras" });
     this.article = h(
@@ -330,6 +332,7 @@ class AssistantMessage {
     this.pending = true;
     requestAnimationFrame(() => {
       this.pending = false;
+      if (this.finished) return; // finish() has drawn the answer as what it is
       this.render();
       scrollToEnd();
     });
@@ -340,17 +343,27 @@ class AssistantMessage {
   }
 
   finish({ extra = {}, cancelled = false, error = null, live = false }) {
-    this.render();
+    this.finished = true;
     this.article.setAttribute("aria-busy", "false");
-    const grounding = extra.grounding;
-    const abstained =
-      grounding && grounding.abstained && (!extra.app || this.text.trim() === state.abstainMessage.trim());
-    if (abstained) {
+    const grounding = extra.grounding && typeof extra.grounding === "object" ? extra.grounding : null;
+    const citations = Array.isArray(extra.citations) ? extra.citations : [];
+    const kind = cancelled || error ? "plain" : answerKind(grounding, extra, this.text);
+    if (kind === "abstained") {
       this.article.classList.add("abstained");
       this.body.before(h("p", { class: "badge badge-notfound" }, "Not found"));
+      replaceChildren(this.body, abstentionView(this.text));
+    } else if (kind === "clarify") {
+      replaceChildren(this.body, clarifyView(grounding, citations, this.article));
+    } else if (kind === "extractive") {
+      replaceChildren(this.body, extractiveView(this.text, citations));
+    } else {
+      this.render();
     }
-    if (Array.isArray(extra.citations) && extra.citations.length) this.extras.append(citationRow(extra.citations));
+    if (citations.length) this.extras.append(citationRow(citations));
     if (extra.disagreement) this.extras.append(disagreementSection(extra.disagreement));
+    if (grounding && Array.isArray(grounding.unsupported) && grounding.unsupported.length) {
+      this.extras.append(unsupportedNote(grounding.unsupported, this.text));
+    }
     const app = extra.app;
     if (app && Array.isArray(app.tool_calls) && app.tool_calls.length) this.extras.append(toolCalls(app.tool_calls));
     if (app && app.pending_action) this.extras.append(actionCard(app.pending_action, live ? "pending" : null, extra.model || this.model));
@@ -368,6 +381,123 @@ class AssistantMessage {
   }
 }
 
+// -- grounded answers: extractive quotes, clarifying questions, abstention -------
+
+// How a finished answer is shown: "abstained" (the sources do not answer; the text
+// is the abstain message, perhaps followed by what the sources do cover),
+// "clarify" (a question back, with the readings to choose from), "extractive"
+// (the sources' own sentences, one a line, each cited) or "plain" (Markdown).
+function answerKind(grounding, extra, text) {
+  if (!grounding) return "plain";
+  if (grounding.abstained) {
+    // An app may answer from its tools although its knowledge had nothing: only the
+    // abstain message itself (and what follows it) marks its answer as not found.
+    const message = state.abstainMessage.trim();
+    if (!extra.app || (message && text.trim().startsWith(message))) return "abstained";
+    return "plain";
+  }
+  const clarify = grounding.clarify;
+  if (clarify && Array.isArray(clarify.options) && clarify.options.length) return "clarify";
+  const extractive = grounding.answer_style === "extractive" || grounding.fallback === "extractive";
+  if (extractive && !extra.disagreement && text.trim()) return "extractive";
+  return "plain";
+}
+
+// "The sentence. [1]" or "The sentence. [1][2]": the sentence and its numbers.
+const QUOTED_LINE = /^(.*?\S)((?:\s*\[\d+\])+)\s*$/;
+
+function extractiveView(text, citations) {
+  const byNumber = new Map(citations.map((citation) => [citation.number, citation]));
+  const lines = text.split("\n").map((line) => line.trim()).filter(Boolean);
+  return h(
+    "div",
+    { class: "extractive-answer" },
+    h("p", { class: "extract-caption" }, "Quoted from your sources"),
+    lines.map((line) => {
+      const found = QUOTED_LINE.exec(line);
+      if (!found) return h("p", { class: "extract-note" }, line);
+      const numbers = Array.from(found[2].matchAll(/\[(\d+)\]/g), (m) => Number(m[1]));
+      return h(
+        "blockquote",
+        { class: "extract" },
+        h("mark", { class: "quote" }, found[1]),
+        numbers.map((number) => [" ", citationChip(byNumber.get(number), number)]),
+      );
+    }),
+  );
+}
+
+function abstentionView(text) {
+  const message = state.abstainMessage.trim();
+  const trimmed = text.trim();
+  if (!message || !trimmed.startsWith(message) || trimmed === message) return renderMarkdown(text);
+  // What the sources do cover ("The sources mention cluster but not GPUs, ...").
+  return [
+    h("p", {}, message),
+    h("p", { class: "abstain-coverage" }, trimmed.slice(message.length).trim()),
+  ];
+}
+
+// The user's message this answer replies to: the nearest one above it.
+function questionBefore(article) {
+  for (let node = article.previousElementSibling; node; node = node.previousElementSibling) {
+    if (node.matches("article.message.user")) return node.querySelector(".message-body")?.textContent.trim() || "";
+  }
+  return "";
+}
+
+function clarifyView(grounding, citations, article) {
+  const clarify = grounding.clarify;
+  const byNumber = new Map(citations.map((citation) => [citation.number, citation]));
+  const buttons = clarify.options.map((option) => {
+    const citation = byNumber.get(option.number);
+    const source = option.document?.name || citation?.document?.name || "";
+    const button = h(
+      "button",
+      { type: "button", class: "clarify-option", "aria-pressed": "false" },
+      h("span", { class: "clarify-label" }, option.label || "This one"),
+      option.quote ? h("q", { class: "clarify-quote" }, option.quote) : null,
+      option.number != null
+        ? h("span", { class: "clarify-cite", title: source }, `[${option.number}]${source ? ` ${source}` : ""}`)
+        : null,
+    );
+    button.addEventListener("click", async () => {
+      const question = questionBefore(article);
+      const followUp = question ? `${question} (${option.label})` : String(option.label || "");
+      if (!followUp || state.streaming) return;
+      for (const other of buttons) other.disabled = true;
+      button.setAttribute("aria-pressed", "true");
+      const knowledge = Array.isArray(grounding.knowledge) && grounding.knowledge.length ? grounding.knowledge : null;
+      const sent = await sendMessage(followUp, { knowledge });
+      if (!sent) {
+        button.setAttribute("aria-pressed", "false");
+        for (const other of buttons) other.disabled = false;
+      }
+    });
+    return button;
+  });
+  return h(
+    "div",
+    { class: "clarify" },
+    h("p", { class: "clarify-question" }, clarify.question || "Which one do you mean?"),
+    h("div", { class: "clarify-options", role: "group", "aria-label": "Choose what you mean" }, buttons),
+  );
+}
+
+function unsupportedNote(sentences, text) {
+  const flat = (value) => value.split(/\s+/).join(" ").trim();
+  const shown = flat(text);
+  // Kept in the text (the "flag" policy) or taken out of it ("remove").
+  const kept = sentences.some((sentence) => sentence && shown.includes(flat(sentence)));
+  const count = sentences.length;
+  return h(
+    "details",
+    { class: "unsupported-note" },
+    h("summary", {}, `${count} unsupported sentence${count === 1 ? "" : "s"} ${kept ? "flagged" : "removed"}`),
+    h("ul", {}, sentences.map((sentence) => h("li", {}, sentence))),
+  );
+}
+
 // -- citations, disagreement, tool calls, pending actions ------------------------
 
 function citationLabel(citation) {
@@ -375,24 +505,28 @@ function citationLabel(citation) {
   return `Citation ${citation.number}: ${name}`;
 }
 
+// A citation's [n] chip, opening its quote; plain text when the number cites nothing.
+function citationChip(citation, number = citation?.number) {
+  if (!citation) return h("span", { class: "cite-marker" }, `[${number}]`);
+  return h(
+    "button",
+    {
+      type: "button",
+      class: "citation",
+      "aria-label": citationLabel(citation),
+      title: citation.document?.name || "",
+      onclick: () => openCitation(citation),
+    },
+    `[${citation.number}]`,
+  );
+}
+
 function citationRow(citations) {
   return h(
     "div",
     { class: "citations" },
     h("span", { class: "citations-label" }, "Sources"),
-    citations.map((citation) =>
-      h(
-        "button",
-        {
-          type: "button",
-          class: "citation",
-          "aria-label": citationLabel(citation),
-          title: citation.document?.name || "",
-          onclick: () => openCitation(citation),
-        },
-        `[${citation.number}]`,
-      ),
-    ),
+    citations.map((citation) => citationChip(citation)),
   );
 }
 
@@ -437,6 +571,16 @@ function claimItem(claim) {
   );
 }
 
+// What the sources disagree about, by the question's answer type.
+const DISAGREEMENT_KINDS = {
+  person: "who it is",
+  organisation: "which organisation",
+  number: "the figure",
+  date: "the date",
+  place: "the place",
+  yesno: "yes or no",
+};
+
 function disagreementSection(disagreement) {
   const column = (heading, claims) =>
     h(
@@ -445,10 +589,11 @@ function disagreementSection(disagreement) {
       h("h4", {}, heading),
       claims && claims.length ? h("ul", { class: "claims" }, claims.map(claimItem)) : h("p", { class: "hint" }, "None"),
     );
+  const about = DISAGREEMENT_KINDS[disagreement.kind];
   return h(
     "section",
-    { class: "disagreement" },
-    h("h3", {}, "Sources disagree"),
+    { class: "disagreement", dataset: disagreement.kind ? { kind: disagreement.kind } : {} },
+    h("h3", {}, about ? `Sources disagree on ${about}` : "Sources disagree"),
     h(
       "div",
       { class: "disagreement-columns" },
@@ -590,13 +735,19 @@ async function streamAnswer(conversationId, body, view) {
   return { cancelled, error };
 }
 
+// The composer's Send, Enter, and a clarifying question's options all send here.
 async function send() {
-  const content = ui.input.value.trim();
-  if (!content || state.streaming) return;
+  await sendMessage(ui.input.value.trim(), { fromComposer: true });
+}
+
+/** Send ``content`` as the user; true once it is sent. ``knowledge`` overrides the
+ * checked knowledge bases (a follow-up asks the bases that answered). */
+async function sendMessage(content, { knowledge = null, fromComposer = false } = {}) {
+  if (!content || state.streaming) return false;
   const model = ui.model.value;
   if (!model) {
     showError("Choose a model first.");
-    return;
+    return false;
   }
   showError("");
   if (!state.conversationId) {
@@ -608,19 +759,20 @@ async function send() {
       renderConversations();
     } catch (error) {
       showError(`Could not start a conversation: ${error.message}`);
-      return;
+      return false;
     }
   }
-  ui.input.value = "";
+  if (fromComposer) ui.input.value = "";
   appendUserMessage(content);
   const view = new AssistantMessage(model);
   ui.messages.append(view.article);
   scrollToEnd(true);
   const body = { content, model };
-  const knowledge = selectedKnowledge();
-  if (knowledge.length) body.knowledge = knowledge;
+  const bases = knowledge || selectedKnowledge();
+  if (bases.length) body.knowledge = bases;
   await streamAnswer(state.conversationId, body, view);
   await loadConversations();
+  return true;
 }
 
 // -- wiring ----------------------------------------------------------------------------

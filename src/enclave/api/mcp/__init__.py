@@ -1,0 +1,1 @@
+"""``/mcp``: Enclave as an MCP server."""
