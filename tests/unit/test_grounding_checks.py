@@ -295,7 +295,7 @@ def test_a_person_name_contradiction_is_found_and_equal_names_cluster() -> None:
     assert found is not None and found.kind == "person"
     assert [x.passage.document_name for x in found.supporting] == ["nobel.md", "press.md"]
     assert [x.passage.document_name for x in found.contradicting] == ["wrong.md"]
-    assert found.contradicting[0].values == ("fosse", "jon")
+    assert found.contradicting[0].values == ("jon fosse",)
 
 
 def test_dates_numbers_places_organisations_and_yes_no_disagree() -> None:
@@ -394,3 +394,37 @@ def test_the_prompts_markup_and_markers_for_missing_passages_are_stripped() -> N
     pieces += ["</sour", "ce>"]
     out = "".join(stripper.feed(piece) for piece in pieces) + stripper.flush()
     assert out == "Hello Leave is 480 days [1]. a < b"
+
+
+def test_a_question_that_names_the_period_gets_that_figure_and_no_disagreement() -> None:
+    """The follow-up to "daily or yearly?": "(daily)" picks the daily sentence; the two
+    figures are for different periods, so they do not disagree."""
+    a = passage("The plant treats 2,000 cubic metres of water per day.", 1, "plant.md")
+    b = passage("The plant treats 700,000 cubic metres of water a year.", 2, "report.md")
+    question = intent("How much water does the plant treat? (daily)")
+    found = ranked(question.text, [a, b])
+    assert find_ambiguity(question, found) is None
+    assert find_disagreement(question, found) is None
+    assert [c.text for c in choose(question, found)] == [a.chunk.text]
+
+
+def test_markers_after_the_full_stop_belong_to_the_sentence_before() -> None:
+    text = 'Leave is 480 days. [1] Pay is 80%. [2]\n\n- [1] leave.md: "quote"'
+    assert [text[a:b] for a, b in sentence_spans(text)] == [
+        "Leave is 480 days. [1]",
+        "Pay is 80%. [2]",
+        '- [1] leave.md: "quote"',
+    ]
+
+
+def test_annotations_of_an_extract_and_of_a_list_line_cover_their_text() -> None:
+    extract = extractive_text(
+        choose(
+            intent("How many days of parental leave per child?"),
+            ranked("How many days of parental leave per child?", [LEAVE]),
+        )
+    )
+    result = verify(extract, [LEAVE], rewrite=False)
+    spans = [a["url_citation"] for a in result.annotations()]
+    assert spans and all(s["end_index"] > s["start_index"] for s in spans)
+    assert extract[spans[0]["start_index"] : spans[0]["end_index"]].startswith("Employees receive")

@@ -85,9 +85,13 @@ class Verified:
             markers = list(MARKER.finditer(sentence))
             if not markers:
                 continue
-            cut = start + markers[0].start()
+            span_start, cut = start, start + markers[0].start()
             while cut > start and self.text[cut - 1] == " ":
                 cut -= 1
+            if not self.text[start:cut].strip(" -*+"):  # "- [1] leave.md: ..." cites what follows
+                span_start, cut = start + markers[-1].end(), end
+                while span_start < cut and self.text[span_start] in " :":
+                    span_start += 1
             for marker in markers:
                 for number in _numbers(marker):
                     citation = by_number.get(number)
@@ -98,7 +102,7 @@ class Verified:
                         {
                             "type": "url_citation",
                             "url_citation": {
-                                "start_index": start,
+                                "start_index": span_start,
                                 "end_index": cut,
                                 "url": f"kb://{passage.knowledge_base}/{passage.document_name}"
                                 f"#chunk-{passage.chunk.id}",

@@ -20,75 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from enclave.knowledge.extractive import Candidate
-from enclave.knowledge.facts import name_key, numbers
-from enclave.knowledge.questions import QuestionIntent
+from enclave.knowledge.facts import TITLES, name_key, numbers
+from enclave.knowledge.questions import PERIODS, QuestionIntent, period_of
 
-PERIODS = {
-    "day": re.compile(r"\b(?:daily|per day|a day|each day|every day|per diem)\b", re.I),
-    "week": re.compile(r"\b(?:weekly|per week|a week|each week|every week)\b", re.I),
-    "month": re.compile(r"\b(?:monthly|per month|a month|each month|every month)\b", re.I),
-    "quarter": re.compile(r"\b(?:quarterly|per quarter|a quarter|each quarter)\b", re.I),
-    "year": re.compile(
-        r"\b(?:yearly|annual|annually|per year|a year|each year|every year|per annum)\b", re.I
-    ),
-}
 PERIOD_WORDS = {"day": "daily", "week": "weekly", "month": "monthly", "quarter": "quarterly",
                 "year": "yearly"}  # fmt: skip
-# Words before a surname that are a rank or a title, not a first name.
-TITLES = frozenset(
-    [
-        "mr",
-        "mrs",
-        "ms",
-        "miss",
-        "mister",
-        "dr",
-        "sir",
-        "lady",
-        "lord",
-        "the",
-        "colonel",
-        "col",
-        "lieutenant",
-        "lt",
-        "general",
-        "gen",
-        "admiral",
-        "adm",
-        "commander",
-        "cmdr",
-        "captain",
-        "capt",
-        "major",
-        "sergeant",
-        "senator",
-        "sen",
-        "representative",
-        "rep",
-        "congressman",
-        "congresswoman",
-        "chairman",
-        "chair",
-        "director",
-        "secretary",
-        "president",
-        "judge",
-        "justice",
-        "professor",
-        "prof",
-        "ambassador",
-        "governor",
-        "gov",
-        "minister",
-        "saint",
-        "st",
-        "father",
-        "brother",
-        "sister",
-        "agent",
-        "officer",
-    ]
-)
 _FULL_NAME = r"\b([A-Z][\w'\u2019-]+(?:\s+[A-Z]\.)?)\s+{name}\b"
 
 
@@ -130,11 +66,6 @@ class Clarification:
         return "\n".join(lines)
 
 
-def _period(text: str) -> str | None:
-    found = [period for period, pattern in PERIODS.items() if pattern.search(text)]
-    return found[0] if len(found) == 1 else None
-
-
 def _by_period(question: QuestionIntent, ranked: Sequence[Candidate]) -> Clarification | None:
     if question.answer_type != "number" or any(p.search(question.text) for p in PERIODS.values()):
         return None
@@ -142,7 +73,7 @@ def _by_period(question: QuestionIntent, ranked: Sequence[Candidate]) -> Clarifi
     for candidate in ranked:
         if not candidate.answers(question) or not numbers(candidate.text):
             continue
-        period = _period(candidate.text)
+        period = period_of(candidate.text)
         if period is not None and period not in options:
             options[period] = candidate
     if len(options) < 2:

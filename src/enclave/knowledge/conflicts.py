@@ -30,12 +30,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from enclave.knowledge.extractive import Candidate
-from enclave.knowledge.facts import dates, name_key, names, numbers, quotes
+from enclave.knowledge.facts import (
+    dates,
+    name_key,
+    name_runs,
+    names,
+    numbers,
+    quotes,
+    without_speaker,
+)
 from enclave.knowledge.questions import (
+    NAMED_AS,
     ORGANISATION,
     PLACE,
     QuestionIntent,
-    person_names,
+    period_of,
     stem,
     term_weight,
 )
@@ -43,7 +52,7 @@ from enclave.knowledge.service import Passage
 from enclave.knowledge.text import content_words
 
 # The (rarity-weighted) share of the focus a claim must name.
-CLAIM_FOCUS = 0.6
+CLAIM_FOCUS = 0.5
 NEGATION = re.compile(
     r"\b(?:not|no|never|none|neither|nor|cannot|without|refused|rejected|denied)\b|n't\b", re.I
 )
@@ -94,6 +103,7 @@ def polarity(sentence: str) -> str:
 def candidate_values(question: QuestionIntent, sentence: str) -> set[str]:
     """The answers of the question's type that ``sentence`` gives, normalised."""
     kind = question.answer_type
+    sentence = without_speaker(sentence)
     if kind == "number":
         asked = numbers(question.text)
         years = {value for value in dates(sentence) if len(value) == 4}
@@ -101,7 +111,7 @@ def candidate_values(question: QuestionIntent, sentence: str) -> set[str]:
     if kind == "date":
         return dates(sentence) - dates(question.text)
     if kind == "person":
-        return person_names(sentence, question.names)
+        return {run for run in name_runs(sentence, question.names) if not run.isupper()}
     if kind == "organisation":
         known = question.names | {name_key(word) for word in question.text.split()}
         found = set()
@@ -109,12 +119,13 @@ def candidate_values(question: QuestionIntent, sentence: str) -> set[str]:
             words = {name_key(word) for word in match.group().split()} - known
             if words:
                 found.add(" ".join(sorted(words)))
-        return found or (names(sentence) - known)
+        return found or name_runs(sentence, frozenset(known))
     if kind == "place":
         capitalised = names(sentence)
         return {
             name_key(m.group(1))
-            for m in PLACE.finditer(sentence)
+            for pattern in (PLACE, NAMED_AS)
+            for m in pattern.finditer(sentence)
             if name_key(m.group(1)) in capitalised and name_key(m.group(1)) not in question.names
         }
     if kind == "yesno":
@@ -127,14 +138,16 @@ def candidate_values(question: QuestionIntent, sentence: str) -> set[str]:
 
 
 def same_value(kind: str, ours: str, theirs: str) -> bool:
-    """Whether two candidate answers can be the same thing."""
+    """Whether two candidate answers can be the same thing: equal, a date and a more
+    precise one, or one name inside the other ("Ernaux" in "Annie Ernaux"; but
+    "European Union" is not "European Economic Area")."""
     if ours == theirs:
         return True
     if kind == "date":
         return ours.startswith(theirs) or theirs.startswith(ours)
     if kind in ("person", "organisation", "open", "place"):
         a, b = set(ours.split()), set(theirs.split())
-        return bool(a & b) or ours in theirs or theirs in ours
+        return a <= b or b <= a
     return False
 
 
@@ -181,6 +194,13 @@ def find_disagreement(question: QuestionIntent, ranked: Sequence[Candidate]) -> 
     if len({claim.passage.document_id for claim in claims}) < 2:
         return None
     kind = question.answer_type
+    if kind == "number":  # "2,000 a day" and "700,000 a year" are two figures, not rivals
+        asked = period_of(question.text)
+        claims = [c for c in claims if period_of(c.sentence) in (None, asked)] if asked else claims
+        if len({period_of(c.sentence) for c in claims}) > 1:
+            return None
+        if len({claim.passage.document_id for claim in claims}) < 2:
+            return None
     lead = set(claims[0].values)
     supporting = [c for c in claims if compatible(kind, lead, set(c.values))]
     contradicting = [c for c in claims if not compatible(kind, lead, set(c.values))]

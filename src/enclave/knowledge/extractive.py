@@ -28,6 +28,7 @@ from enclave.knowledge.questions import (
     carries_value,
     focus_coverage,
     names_measure,
+    period_of,
 )
 from enclave.knowledge.service import Passage
 from enclave.knowledge.text import content_words, sentence_spans, without_heading
@@ -181,7 +182,14 @@ def choose(question: QuestionIntent, ranked: Sequence[Candidate]) -> list[Candid
     The best answering candidate first; others join when they also answer and
     score within :data:`JOIN_SHARE` of it. Nothing when nothing answers.
     """
-    answering = [candidate for candidate in ranked if candidate.answers(question)]
+    asked = period_of(question.text)
+    answering = [
+        candidate
+        for candidate in ranked
+        if candidate.answers(question) and period_of(candidate.text) in (None, asked)
+    ]
+    if asked and not answering:  # no figure for that period: the others still inform
+        answering = [candidate for candidate in ranked if candidate.answers(question)]
     if not answering:
         return []
     best = answering[0]

@@ -287,6 +287,95 @@ SPEAKER = re.compile(
 )
 
 
+def name_runs(text: str, exclude: frozenset[str] = frozenset()) -> set[str]:
+    """Runs of consecutive names, normalised and without titles: "Colonel Oliver North"
+    is "oliver north", "the European Economic Area" is "european economic area". Names
+    in ``exclude`` (the question's) break runs and are left out."""
+    found = names(text) - exclude
+    runs: list[list[str]] = []
+    last_end = -1
+    for match in CAPITALISED.finditer(text):
+        key = name_key(match.group())
+        if key not in found:
+            last_end = -1
+            continue
+        if last_end >= 0 and text[last_end : match.start()].strip() == "" and runs:
+            runs[-1].append(key)
+        else:
+            runs.append([key])
+        last_end = match.end()
+    cleaned = set()
+    for run in runs:
+        while run and run[0] in TITLES:
+            run = run[1:]
+        if run:
+            cleaned.add(" ".join(run))
+    return cleaned
+
+
+def without_speaker(text: str) -> str:
+    """``text`` without transcript speaker labels ("Ms. HALL:"), which name who speaks,
+    not what is said."""
+    return SPEAKER.sub(" ", text)
+
+
+# Words before a surname that are a rank or a title, not a first name.
+TITLES = frozenset(
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "miss",
+        "mister",
+        "dr",
+        "sir",
+        "lady",
+        "lord",
+        "the",
+        "colonel",
+        "col",
+        "lieutenant",
+        "lt",
+        "general",
+        "gen",
+        "admiral",
+        "adm",
+        "commander",
+        "cmdr",
+        "captain",
+        "capt",
+        "major",
+        "sergeant",
+        "senator",
+        "sen",
+        "representative",
+        "rep",
+        "congressman",
+        "congresswoman",
+        "chairman",
+        "chair",
+        "director",
+        "secretary",
+        "president",
+        "judge",
+        "justice",
+        "professor",
+        "prof",
+        "ambassador",
+        "governor",
+        "gov",
+        "minister",
+        "saint",
+        "st",
+        "father",
+        "brother",
+        "sister",
+        "agent",
+        "officer",
+    ]
+)
+
+
 def names(text: str) -> set[str]:
     """Capitalised words that are not the first of a sentence or a turn, nor grammar,
     nor a transcript's speaker label."""

@@ -20,7 +20,15 @@ from typing import Literal
 
 from wordfreq import zipf_frequency
 
-from enclave.knowledge.facts import NOT_NAMES, counts, dates, name_key, names, numbers
+from enclave.knowledge.facts import (
+    NOT_NAMES,
+    counts,
+    dates,
+    name_key,
+    names,
+    numbers,
+    without_speaker,
+)
 from enclave.knowledge.text import content_words
 
 AnswerType = Literal["number", "date", "person", "organisation", "place", "yesno", "open"]
@@ -183,7 +191,8 @@ _MEASURES = frozenset(
     )
 )
 _AUXILIARIES = frozenset(
-    "did do does was were is are has have had will would can could should money".split()
+    {"did", "do", "does", "was", "were", "is", "are", "has", "have", "had", "will", "would"}
+    | {"can", "could", "should", "money"}
 )
 
 
@@ -276,6 +285,27 @@ PLACE = re.compile(
 )
 
 
+# "The capital is Auckland", "Capital: Wellington": a place named without a preposition.
+NAMED_AS = re.compile(r"(?:\b(?:is|was|are|were)\s+(?:the\s+)?|:\s*)([A-Z][\w'\u2019-]+)")
+
+
+PERIODS = {
+    "day": re.compile(r"\b(?:daily|per day|a day|each day|every day|per diem)\b", re.I),
+    "week": re.compile(r"\b(?:weekly|per week|a week|each week|every week)\b", re.I),
+    "month": re.compile(r"\b(?:monthly|per month|a month|each month|every month)\b", re.I),
+    "quarter": re.compile(r"\b(?:quarterly|per quarter|a quarter|each quarter)\b", re.I),
+    "year": re.compile(
+        r"\b(?:yearly|annual|annually|per year|a year|each year|every year|per annum)\b", re.I
+    ),
+}
+
+
+def period_of(text: str) -> str | None:
+    """The one period a figure in ``text`` is per ("day" for "2,000 a day"), if any."""
+    found = [period for period, pattern in PERIODS.items() if pattern.search(text)]
+    return found[0] if len(found) == 1 else None
+
+
 def person_names(text: str, asked: frozenset[str] = frozenset()) -> set[str]:
     """Names in ``text`` that could be a person: capitalised, not sentence grammar, not
     in the question, not an organisation acronym."""
@@ -286,6 +316,7 @@ def carries_value(question: QuestionIntent, text: str) -> bool:
     """Whether ``text`` holds a value of the question's expected type that the question
     does not already hold. Yes/no and open questions have no checkable type."""
     kind = question.answer_type
+    text = without_speaker(text)
     if kind == "number":
         return bool(counts(text) - numbers(question.text))
     if kind == "date":
@@ -299,6 +330,7 @@ def carries_value(question: QuestionIntent, text: str) -> bool:
     if kind == "place":
         return any(
             name_key(m.group(1)) not in question.names and name_key(m.group(1)) in names(text)
-            for m in PLACE.finditer(text)
+            for pattern in (PLACE, NAMED_AS)
+            for m in pattern.finditer(text)
         )
     return True

@@ -54,13 +54,33 @@ _STOPWORD_LIST = """
 STOPWORDS = frozenset(_STOPWORD_LIST.split())
 
 
+_LEADING_MARKERS = re.compile(r"(?:\[\d{1,3}(?:\s*,\s*\d{1,3})*\]\s*)+")
+
+
 def sentence_spans(text: str) -> Iterator[tuple[int, int]]:
-    """(start, end) of each sentence in ``text``, trimmed of surrounding whitespace."""
+    """(start, end) of each sentence in ``text``, trimmed of surrounding whitespace.
+
+    Citation markers after a sentence's full stop belong to that sentence:
+    "Leave is 480 days. [1] Pay is 80%." is two sentences, the first with its [1].
+    """
+    spans: list[tuple[int, int]] = []
     start = 0
     for match in _SENTENCE_END.finditer(text):
-        yield from _trimmed(text, start, match.start())
+        spans.extend(_trimmed(text, start, match.start()))
         start = match.end()
-    yield from _trimmed(text, start, len(text))
+    spans.extend(_trimmed(text, start, len(text)))
+    merged: list[tuple[int, int]] = []
+    for begin, end in spans:
+        markers = _LEADING_MARKERS.match(text, begin, end)
+        if markers and merged:
+            previous_start, _ = merged[-1]
+            marker_end = begin + len(text[begin : markers.end()].rstrip())
+            merged[-1] = (previous_start, marker_end)
+            begin = markers.end()
+            if begin >= end:
+                continue
+        merged.append((begin, end))
+    yield from merged
 
 
 def _trimmed(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
