@@ -112,9 +112,7 @@ def test_an_unknown_class_from_a_source_fails_closed() -> None:
 # -- end to end -----------------------------------------------------------------------------
 
 # Answerable (a date for a "when" question), so grounding goes to the model and routing.
-TOPIC = (
-    "The harbour crane maintenance schedule has the crane inspection on 14 March 2027."
-)
+TOPIC = "The harbour crane maintenance schedule has the crane inspection on 14 March 2027."
 DOCUMENTS = {
     # base -> (base class, [(document name, document class or None, marker)])
     "pub": ("public", [("pub.md", None, "MARKPUBA")]),

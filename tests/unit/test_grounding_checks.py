@@ -20,7 +20,7 @@ from enclave.knowledge.extractive import Candidate, answerable, choose, extracti
 from enclave.knowledge.facts import Evidence, dates, facts, names, numbers, supports
 from enclave.knowledge.grounding import coverage_text, json_strings
 from enclave.knowledge.prompt_markup import MarkupStripper, strip_prompt_markup
-from enclave.knowledge.questions import answer_type, intent
+from enclave.knowledge.questions import answer_type, intent, stem
 from enclave.knowledge.retrieval import Retrieved
 from enclave.knowledge.service import Passage
 from enclave.knowledge.store.base import ChunkRow
@@ -52,7 +52,8 @@ async def bag_of_words(texts: Sequence[str]) -> np.ndarray:
     vectors = np.zeros((len(texts), 256), dtype=np.float32)
     for row, text in enumerate(texts):
         for word in content_words(text):
-            vectors[row, int(hashlib.sha1(word.encode()).hexdigest(), 16) % 256] += 1.0
+            bucket = int(hashlib.sha1(stem(word).encode()).hexdigest(), 16) % 256
+            vectors[row, bucket] += 1.0
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms == 0, 1, norms)
 
@@ -428,3 +429,22 @@ def test_annotations_of_an_extract_and_of_a_list_line_cover_their_text() -> None
     spans = [a["url_citation"] for a in result.annotations()]
     assert spans and all(s["end_index"] > s["start_index"] for s in spans)
     assert extract[spans[0]["start_index"] : spans[0]["end_index"]].startswith("Employees receive")
+
+
+def test_a_number_about_something_else_does_not_answer() -> None:
+    """ "How many pages long was the chronology?" over a passage with other numbers about
+    the chronology: a near miss, not "18"."""
+    chronology = passage(
+        "North spent a week on the chronology of the 18 HAWK missiles, in 5 versions.", 1
+    )
+    question = intent("How many pages long was the chronology?")
+    assert question.measured == {"page"}
+    assert not answerable(question, ranked(question.text, [chronology]))
+    pages = passage("The chronology of the HAWK shipment ran to 12 pages.", 2, "pages.md")
+    assert answerable(question, ranked(question.text, [chronology, pages]))
+
+
+def test_a_document_does_not_disagree_with_itself() -> None:
+    a = passage("The Öresund Bridge was opened to traffic on 1 July 2000.", 1, "bridge.md")
+    b = passage("Some say the Öresund Bridge was opened to traffic in 2001.", 1, "bridge.md")
+    assert disagreement("When was the Öresund Bridge opened?", [a, b]) is None

@@ -621,7 +621,7 @@ def test_a_stream_sends_only_verified_sentences_and_citations_before_usage(
     kapp.add("hr", "leave.md", LEAVE)
     kapp.provider.script = Script(
         words=["The company ", "has 12 GPUs [1]. Employees get ", "480 days [1]."]
-    )  # noqa: E501
+    )
     events = stream_events(
         kapp,
         {

@@ -25,7 +25,7 @@ from enclave.knowledge.questions import PERIODS, QuestionIntent, period_of
 
 PERIOD_WORDS = {"day": "daily", "week": "weekly", "month": "monthly", "quarter": "quarterly",
                 "year": "yearly"}  # fmt: skip
-_FULL_NAME = r"\b([A-Z][\w'\u2019-]+(?:\s+[A-Z]\.)?)\s+{name}\b"
+_FULL_NAME = r"\b([A-Z][\w'\u2019-]+(?:\s+[A-Z]\.)?)\s+{name}\b(?!\s+[A-Z])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +91,11 @@ def _by_period(question: QuestionIntent, ranked: Sequence[Candidate]) -> Clarifi
 def _by_entity(question: QuestionIntent, ranked: Sequence[Candidate]) -> Clarification | None:
     asked = re.findall(r"\b[A-Z][\w'\u2019-]+", question.text)
     for name in asked[1:] if asked and question.text.lstrip().startswith(asked[0]) else asked:
-        if re.search(rf"\b[A-Z][\w'\u2019-]+\s+{re.escape(name)}\b", question.text):
-            continue  # the question already gives the full name
+        if re.search(
+            rf"\b[A-Z][\w'\u2019-]+\s+{re.escape(name)}\b|\b{re.escape(name)}\s+[A-Z]",
+            question.text,
+        ):
+            continue  # the question gives a full name ("Annie Ernaux", "New Zealand")
         pattern = re.compile(_FULL_NAME.format(name=re.escape(name)))
         options: dict[str, Candidate] = {}
         for candidate in ranked:

@@ -34,17 +34,15 @@ from enclave.knowledge.facts import (
     dates,
     name_key,
     name_runs,
-    names,
     numbers,
     quotes,
     without_speaker,
 )
 from enclave.knowledge.questions import (
-    NAMED_AS,
     ORGANISATION,
-    PLACE,
     QuestionIntent,
     period_of,
+    place_names,
     stem,
     term_weight,
 )
@@ -53,11 +51,13 @@ from enclave.knowledge.text import content_words
 
 # The (rarity-weighted) share of the focus a claim must name.
 CLAIM_FOCUS = 0.5
+# ... and be at least this similar to the question (a bare "Chairman HAMILTON." is not).
+CLAIM_SIMILARITY = 0.3
 NEGATION = re.compile(
     r"\b(?:not|no|never|none|neither|nor|cannot|without|refused|rejected|denied)\b|n't\b", re.I
 )
 _TITLE = re.compile(
-    r"\b[A-Z][\w'\u2019-]*(?:\s+(?:of|the|and|for|in|on|a|[A-Z][\w'\u2019-]*)){1,6}"
+    r"\b[A-Z][\w'\u2019-]*(?:\s+(?:of|the|and|for|in|on|a|[A-Z][\w'\u2019-]*|\d+)){1,6}"
 )
 
 
@@ -121,13 +121,7 @@ def candidate_values(question: QuestionIntent, sentence: str) -> set[str]:
                 found.add(" ".join(sorted(words)))
         return found or name_runs(sentence, frozenset(known))
     if kind == "place":
-        capitalised = names(sentence)
-        return {
-            name_key(m.group(1))
-            for pattern in (PLACE, NAMED_AS)
-            for m in pattern.finditer(sentence)
-            if name_key(m.group(1)) in capitalised and name_key(m.group(1)) not in question.names
-        }
+        return place_names(sentence, question.names)
     if kind == "yesno":
         return {polarity(sentence)}
     titled = quotes(sentence) or {
@@ -164,20 +158,25 @@ def _names_subject(question: QuestionIntent, candidate: Candidate) -> bool:
 
 
 def _claims(question: QuestionIntent, ranked: Sequence[Candidate]) -> list[Claim]:
-    """The best answering sentence of each passage, with its values (best passage first)."""
+    """The best answering sentence of each document, with its values (in the retriever's
+    order). One claim per document: a document does not disagree with itself (a witness
+    correcting a figure, a table and its note), it is one source."""
     claims: dict[int, Claim] = {}
     for candidate in ranked:
-        if candidate.number in claims or not candidate.answers(question):
+        document = candidate.passage.document_id
+        if document in claims or not candidate.answers(question):
             continue
         if question.focus and (
             candidate.focus < CLAIM_FOCUS or not _names_subject(question, candidate)
         ):
             continue
+        if candidate.similarity < CLAIM_SIMILARITY:
+            continue
         values = candidate_values(question, candidate.text)
         if not values:
             continue
         start, end = candidate.document_span
-        claims[candidate.number] = Claim(
+        claims[document] = Claim(
             candidate.number,
             candidate.passage,
             candidate.text,
@@ -185,7 +184,7 @@ def _claims(question: QuestionIntent, ranked: Sequence[Candidate]) -> list[Claim
             end,
             tuple(sorted(values)),
         )
-    return sorted(claims.values(), key=lambda claim: claim.number)  # the retriever's order
+    return sorted(claims.values(), key=lambda claim: claim.number)
 
 
 def find_disagreement(question: QuestionIntent, ranked: Sequence[Candidate]) -> Disagreement | None:

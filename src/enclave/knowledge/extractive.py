@@ -45,6 +45,8 @@ RANK_WEIGHT = 0.05  # a little trust in the retriever's order
 FOCUS_NEEDED = 0.4
 # ... or when it is this similar to the question (a paraphrase shares no words).
 SIMILARITY_INSTEAD_OF_FOCUS = 0.62
+# A sentence less similar to the question than this answers nothing, whatever it names.
+MIN_SIMILARITY = 0.15
 # Further sentences join the answer when they score this share of the best one.
 JOIN_SHARE = 0.8
 MAX_SENTENCES = 3
@@ -94,6 +96,7 @@ class Candidate:
         A question (an interviewer's, in a transcript) answers nothing."""
         return (
             self.typed
+            and self.similarity >= MIN_SIMILARITY
             and not self.is_question
             and self.has_focus(question)
             and names_measure(question, self.context)

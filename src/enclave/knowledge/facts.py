@@ -289,9 +289,9 @@ SPEAKER = re.compile(
 
 def name_runs(text: str, exclude: frozenset[str] = frozenset()) -> set[str]:
     """Runs of consecutive names, normalised and without titles: "Colonel Oliver North"
-    is "oliver north", "the European Economic Area" is "european economic area". Names
-    in ``exclude`` (the question's) break runs and are left out."""
-    found = names(text) - exclude
+    is "oliver north", "the European Economic Area" is "european economic area". A run
+    made only of names in ``exclude`` (the question's) is left out."""
+    found = names(text)
     runs: list[list[str]] = []
     last_end = -1
     for match in CAPITALISED.finditer(text):
@@ -308,7 +308,7 @@ def name_runs(text: str, exclude: frozenset[str] = frozenset()) -> set[str]:
     for run in runs:
         while run and run[0] in TITLES:
             run = run[1:]
-        if run:
+        if run and not set(run) <= exclude:
             cleaned.add(" ".join(run))
     return cleaned
 

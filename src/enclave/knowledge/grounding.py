@@ -66,6 +66,9 @@ SYSTEM_PROMPT = (
 _TAG = re.compile(r"<(/?)source", re.I)
 
 
+# Passages retrieved beyond top_k for the checks decided in code (extracts, near misses,
+# disagreement, clarifying questions); the model is given top_k.
+CHECK_DEPTH = 3
 AnswerStyle = Literal["extractive", "generative", "auto"]
 ANSWER_STYLES: tuple[str, ...] = ("extractive", "generative", "auto")
 OPTION_FIELDS = ("knowledge", "top_k", "threshold", "answer_style")
@@ -338,11 +341,12 @@ class GroundedChat:
                 "A request that attaches knowledge needs a user message to answer.",
                 param="messages",
             )
+        depth = options.top_k or self.config.top_k
         passages = await self.knowledge.search(
             call.principal.workspace_id,
             options.knowledge,
             question_text,
-            top_k=options.top_k,
+            top_k=depth + CHECK_DEPTH,
             threshold=options.threshold,
         )
         question = intent(question_text)
@@ -366,7 +370,9 @@ class GroundedChat:
         disagreement = None if clarification else find_disagreement(question, ranked)
         if json_mode:  # the model answers; what code found goes beside the JSON
             grounding["clarify"] = clarification.as_dict() if clarification else None
-            return await self._generate(call, passages, question, ranked, grounding, disagreement)
+            return await self._generate(
+                call, passages, depth, question, ranked, grounding, disagreement
+            )
         if clarification is not None:
             grounding["clarify"] = clarification.as_dict()
             cited = [
@@ -411,7 +417,7 @@ class GroundedChat:
             grounding["answer_style"] = style
         if style == "extractive":
             return await self._extractive(call, passages, question, ranked, grounding)
-        return await self._generate(call, passages, question, ranked, grounding, None)
+        return await self._generate(call, passages, depth, question, ranked, grounding, None)
 
     async def _abstain(
         self,
@@ -445,22 +451,26 @@ class GroundedChat:
     async def _generate(
         self,
         call: Call,
-        passages: Sequence[Passage],
+        retrieved: Sequence[Passage],
+        depth: int,
         question: QuestionIntent,
         ranked: Sequence[Candidate],
         grounding: dict[str, Any],
         disagreement: Disagreement | None,
     ) -> Answer:
-        """Ask the model with the passages quoted, then verify what it says."""
+        """Ask the model with the best ``depth`` passages quoted, then verify what it says.
+        Every retrieved passage is a reason for the request's class (the answer may fall
+        back to an extract from any of them)."""
         body = call.body
         messages = body.get("messages") or []
+        passages = retrieved[:depth]
         grounded_body = {k: v for k, v in body.items() if k != "enclave"}
         grounded_body["messages"] = grounded_messages(messages, passages)
         grounded = replace(
             call,
             body=grounded_body,
             wire=ChatCompletionRequest.model_validate(grounded_body),
-            knowledge=tuple((p.classification, p.source) for p in passages),
+            knowledge=tuple((p.classification, p.source) for p in retrieved),
         )
         answer = await self.gateway.handle(grounded)
         if answer.status != 200:

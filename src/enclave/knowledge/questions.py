@@ -25,6 +25,7 @@ from enclave.knowledge.facts import (
     counts,
     dates,
     name_key,
+    name_runs,
     names,
     numbers,
     without_speaker,
@@ -110,10 +111,15 @@ ASKING_WORDS = frozenset(
 ) - {"rate", "price", "cost", "salary", "budget", "population", "bank", "committee", "court"}
 
 
+_SUFFIXES = ("ations", "ation", "ences", "ence", "ances", "ance", "ents", "ent", "ings", "ing",
+             "ies", "ied", "ed", "es", "ly", "s", "e", "y")  # fmt: skip
+
+
 def stem(word: str) -> str:
-    """A rough stem, so "hosts", "hosted" and "hosting" meet."""
-    for ending in ("ing", "ed", "es", "s", "e"):
-        if word.endswith(ending) and len(word) - len(ending) >= 3:
+    """A rough stem, so "hosts", "hosted" and "hosting" meet, and "independent" meets
+    "independence"."""
+    for ending in _SUFFIXES:
+        if word.endswith(ending) and len(word) - len(ending) >= 4:
             return word[: -len(ending)]
     return word
 
@@ -184,16 +190,14 @@ def intent(question: str) -> QuestionIntent:
 
 
 _COUNTED = re.compile(r"\bhow (?:many|much)\s+([a-z][\w-]*)", re.I)
+_AUXILIARY_WORDS = "did do does was were is are has have had will would can could should"
 _MEASURES = frozenset(
     content_words(
         "budget cost costs price salary fee fees rate interest population speed distance "
         "weight height temperature pages tax revenue profit loss debt wage"
     )
 )
-_AUXILIARIES = frozenset(
-    {"did", "do", "does", "was", "were", "is", "are", "has", "have", "had", "will", "would"}
-    | {"can", "could", "should", "money"}
-)
+_AUXILIARIES = frozenset(_AUXILIARY_WORDS.split())
 
 
 _GENERIC_NOUNS = frozenset(
@@ -214,9 +218,9 @@ _ROLE_NOUNS = (
 )
 
 
-_ROLE_PHRASE = re.compile(
-    r"\b(?:which|what|whose|who (?:is|was|were|are)(?: the)?|name of(?: the|\s+\S+'s)?)"
-    r"((?:\s+[\w-]+){1,3})",
+_ROLE_PHRASE = re.compile(  # a lookahead, so "what was the name of the friend" finds both
+    r"(?=\b(?:which|what|whose|who (?:is|was|were|are)(?: the)?|name of(?: the|\s+\S+'s)?)"
+    r"((?:\s+[\w-]+){1,3}))",
     re.I,
 )
 
@@ -232,13 +236,28 @@ def role_terms(question: str, kind: AnswerType) -> set[str]:
     return found
 
 
+_COMPOUND_NUMBER = re.compile(r"\b(?!the\b|a\b|what\b|which\b|total\b)([a-z]+) number\b", re.I)
+# "What was the name of the ship?", "What is it called?": the answer is a name.
+NAMING = re.compile(r"\b(?:name of|named|called|title of|titled)\b", re.I)
+
+
 def measured_terms(question: str) -> set[str]:
     """The thing a number question counts or measures (see ``QuestionIntent.measured``)."""
     found = set()
     counted = _COUNTED.search(question)
-    if counted and counted.group(1).lower() not in _AUXILIARIES:
-        found |= content_words(counted.group(1))
+    if counted:  # the counted noun: "how many lunar *orbits* did", "how many *pages* long"
+        words = []
+        for word in re.findall(r"[\w'-]+", question[counted.start(1) :])[:4]:
+            if word.lower() in _AUXILIARIES:
+                break
+            words.append(word)
+        heads = [w for w in words if content_words(w) and not content_words(w) <= ASKING_WORDS]
+        plural = [w for w in heads if w.lower().endswith("s") and not w.lower().endswith("ss")]
+        if heads:  # the first plural is the counted noun; else the first word ("sheep")
+            found |= content_words((plural or heads)[0])
     found |= content_words(question) & _MEASURES
+    for compound in _COMPOUND_NUMBER.finditer(question):  # "account number": an identifier
+        found |= content_words(compound.group(1))
     return found - ASKING_WORDS
 
 
@@ -282,6 +301,7 @@ ORGANISATION = re.compile(
 )
 PLACE = re.compile(
     r"\b(?:in|at|near|from|to|into|across|outside|inside)\s+(?:the\s+)?([A-Z][\w'\u2019-]+)"
+    r"|\b([A-Z][\w-]+)(?:'s|\u2019s)\s+(?:office|room|house|home|residence|building|farm)\b"
 )
 
 
@@ -306,6 +326,19 @@ def period_of(text: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+def place_names(text: str, asked: frozenset[str] = frozenset()) -> set[str]:
+    """Names in ``text`` placed as a place: after "in", "at", "from"...; "the capital is
+    X"; "Poindexter's office". Not the question's own names."""
+    capitalised = names(text)
+    found = set()
+    for pattern in (PLACE, NAMED_AS):
+        for match in pattern.finditer(text):
+            key = name_key(next(group for group in match.groups() if group))
+            if key in capitalised and key not in asked:
+                found.add(key)
+    return found
+
+
 def person_names(text: str, asked: frozenset[str] = frozenset()) -> set[str]:
     """Names in ``text`` that could be a person: capitalised, not sentence grammar, not
     in the question, not an organisation acronym."""
@@ -328,9 +361,7 @@ def carries_value(question: QuestionIntent, text: str) -> bool:
         found = {name_key(m.group()) for m in ORGANISATION.finditer(text)} | names(text)
         return bool(found - asked)
     if kind == "place":
-        return any(
-            name_key(m.group(1)) not in question.names and name_key(m.group(1)) in names(text)
-            for pattern in (PLACE, NAMED_AS)
-            for m in pattern.finditer(text)
-        )
+        return bool(place_names(text, question.names))
+    if kind == "open" and NAMING.search(question.text):
+        return bool(name_runs(text, question.names))
     return True
