@@ -566,6 +566,55 @@ def cited_sentences(content: str, citations: list[dict], question: str) -> tuple
     return total, held
 
 
+def passages_of(found: list[dict]) -> list[Any]:
+    """Passages as grounding builds them, from the query API's JSON."""
+    from enclave.knowledge.retrieval import Retrieved
+    from enclave.knowledge.service import Passage
+    from enclave.knowledge.store.base import ChunkRow
+
+    built = []
+    for item in found:
+        where = item["location"]
+        chunk = ChunkRow(
+            kb_id=1,
+            document_id=item["document"]["id"],
+            ordinal=0,
+            text=item["text"],
+            heading_path=tuple(where.get("heading_path") or ()),
+            char_start=where["char_start"],
+            char_end=where["char_end"],
+            id=item["chunk_id"],
+        )
+        retrieved = Retrieved(chunk, item["score"], item["similarity"], 1, 1.0, 1, 1.0)
+        built.append(
+            Passage(
+                retrieved,
+                item["knowledge_base"],
+                item["document"]["id"],
+                item["document"]["name"],
+                item.get("title"),
+                item.get("classification", "internal"),
+            )
+        )
+    return built
+
+
+def unverified_ttft(client: Any, kb: str, question: str) -> float:
+    """Time to first token of the same grounded prompt sent as a plain stream (no
+    verification): the baseline for what holding text until a sentence is checked costs."""
+    from enclave.knowledge.grounding import grounded_messages
+
+    found = client.post(f"/api/knowledge/{kb}/query", json={"query": question}).json()["data"]
+    messages = grounded_messages([{"role": "user", "content": question}], passages_of(found))
+    body = {"model": "smollm2-135m", "messages": messages, "max_tokens": 120, "temperature": 0}
+    started = time.perf_counter()
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as reply:
+        for line in reply.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                return time.perf_counter() - started
+    return time.perf_counter() - started
+
+
 def ask(client: Any, kb: str, question: str, style: str, stream: bool = False) -> dict:
     body = {
         "model": "smollm2-135m",
@@ -674,9 +723,11 @@ def evaluate_answers(
             flagged += reply.get("disagreement") is not None
             if reply.get("disagreement") is None:
                 unflagged.append(item["id"])
-        ttfts = [
-            ask(client, "clean", q["question"], style, stream=True)["ttft"] for q in answerable[:20]
-        ]
+        sample = [q["question"] for q in answerable[:20]]
+        ttfts = [ask(client, "clean", q, style, stream=True)["ttft"] for q in sample]
+        if style == "generative":
+            baseline = statistics.median(unverified_ttft(client, "clean", q) for q in sample)
+            print(f"generative, unverified stream of the same prompt: TTFT p50 {baseline:.3f} s")
         rows[style] = {
             "accuracy": correct / len(answerable),
             "citation precision": held / cited if cited else 1.0,

@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from enclave.app import create_app
 from enclave.knowledge.grounding import SYSTEM_PROMPT
@@ -718,3 +721,47 @@ def test_an_unknown_answer_style_is_refused(kapp: KnowledgeApp) -> None:
     response = kapp.chat("Anything?", ["hr"], enclave={"knowledge": ["hr"], "answer_style": "x"})
     assert response.status_code == 400
     assert "answer_style" in response.json()["error"]["message"]
+
+
+INVENTED = "The company has 12 GPUs [1]. "
+TRUE = "Employees get 480 days of parental leave [1]. "
+PADDING = "I hope this helps. "
+
+
+@hypothesis_settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    order=st.permutations([INVENTED, TRUE, PADDING]),
+    cuts=st.lists(st.integers(1, 80), min_size=1, max_size=8),
+    stream=st.booleans(),
+)
+def test_an_invented_number_never_leaves_however_the_answer_is_cut(
+    kapp: KnowledgeApp, order: list[str], cuts: list[int], stream: bool
+) -> None:
+    """Property: whatever the order of the sentences and wherever the model's stream
+    breaks them, the unsupported "12 GPUs" is never sent, and what is sent cites only
+    the passage that holds it."""
+    if kapp.client.get("/api/knowledge/hr", headers=kapp.auth()).status_code != 200:
+        kapp.create("hr")
+        kapp.add("hr", "leave.md", LEAVE)
+    text = "".join(order)
+    pieces, last = [], 0
+    for cut in sorted({min(c, len(text) - 1) for c in cuts}):
+        pieces.append(text[last:cut])
+        last = cut
+    pieces.append(text[last:])
+    kapp.provider.script = Script(words=[piece for piece in pieces if piece])
+    body = {
+        "model": "scripted",
+        "messages": [{"role": "user", "content": "How many days of parental leave per child?"}],
+        "enclave": {"knowledge": ["hr"]},
+    }
+    if stream:
+        events = stream_events(kapp, body)
+        sent = streamed_text(events)
+    else:
+        response = kapp.client.post("/v1/chat/completions", json=body, headers=kapp.auth())
+        sent = response.json()["choices"][0]["message"]["content"]
+    assert "12" not in sent and "GPU" not in sent
+    assert "480 days" in sent

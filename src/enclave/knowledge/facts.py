@@ -135,6 +135,7 @@ NUMBER = re.compile(
     r"(?:\s*(%|percent\b|per\s+cent\b|thousand\b|million\b|billion\b|trillion\b)|(bn|m|k)\b)?",
     re.I,
 )
+FILE_NAME = re.compile(r"\b[\w./-]+\.(?:md|markdown|txt|pdf|docx?|html?|csv|json|xlsx?)\b", re.I)
 QUOTED = re.compile(r"[\"\u201c]([^\"\u201c\u201d]{3,200})[\"\u201d]")
 CAPITALISED = re.compile(r"\b[A-ZÀ-ÖØ-Þ][\w'\u2019.-]*")
 # Where a new sentence (or a speaker's turn, or a list item) starts inside one.
@@ -439,6 +440,7 @@ def facts(sentence: str, *, question: str = "") -> Facts:
     """The checkable content of ``sentence``. Words of ``question`` are not rare words:
     an answer repeating the question proves nothing, and is not a claim to check."""
     asked = content_words(question)
+    sentence = FILE_NAME.sub(" ", sentence)  # "leave.md: ..." names a source, asserts nothing
     found_names = names(sentence)
     rare = {
         word
