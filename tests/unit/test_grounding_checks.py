@@ -448,3 +448,11 @@ def test_a_document_does_not_disagree_with_itself() -> None:
     a = passage("The Öresund Bridge was opened to traffic on 1 July 2000.", 1, "bridge.md")
     b = passage("Some say the Öresund Bridge was opened to traffic in 2001.", 1, "bridge.md")
     assert disagreement("When was the Öresund Bridge opened?", [a, b]) is None
+
+
+def test_a_year_question_needs_a_year() -> None:
+    worked = passage("On November 21 Hall was working on the documents for Colonel North.", 1)
+    question = intent("In what year did Hall start working for Colonel North?")
+    assert not answerable(question, ranked(question.text, [worked]))
+    started = passage("Hall started working for Colonel North in 1983.", 2, "b.md")
+    assert answerable(question, ranked(question.text, [worked, started]))

@@ -241,6 +241,9 @@ _COMPOUND_NUMBER = re.compile(r"\b(?!the\b|a\b|what\b|which\b|total\b)([a-z]+) n
 NAMING = re.compile(r"\b(?:name of|named|called|title of|titled)\b", re.I)
 
 
+ASKS_YEAR = re.compile(r"\b(?:what|which) year\b", re.I)
+
+
 def measured_terms(question: str) -> set[str]:
     """The thing a number question counts or measures (see ``QuestionIntent.measured``)."""
     found = set()
@@ -353,7 +356,10 @@ def carries_value(question: QuestionIntent, text: str) -> bool:
     if kind == "number":
         return bool(counts(text) - numbers(question.text))
     if kind == "date":
-        return bool(dates(text) - dates(question.text))
+        found = dates(text) - dates(question.text)
+        if ASKS_YEAR.search(question.text):  # "in what year": a day and month will not do
+            return any(value[:4].isdigit() for value in found)
+        return bool(found)
     if kind == "person":
         return bool(person_names(text, question.names))
     if kind == "organisation":
