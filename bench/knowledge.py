@@ -332,16 +332,7 @@ INGEST_SECTIONS = 500  # one chunk each in the Markdown ingestion test
 def pipeline_app(threshold: float, embed_dtype: str = "auto") -> Iterator[Any]:
     """An in-process Enclave (FastAPI test client) with only the embedding model loaded,
     in its runner with ``runner.embed_dtype``."""
-    from fastapi.testclient import TestClient
-
-    from enclave.app import create_app
-    from enclave.settings import Settings
-
-    home = Path(tempfile.mkdtemp(prefix="enclave-kbench-"))
-    key = "ek-bench-admin-key-0123456789abcdef"
-    settings = Settings(
-        home=home,
-        admin_key=key,
+    settings: dict[str, Any] = dict(
         providers=[
             {
                 "name": "local-embed",
@@ -355,8 +346,23 @@ def pipeline_app(threshold: float, embed_dtype: str = "auto") -> Iterator[Any]:
         knowledge={"threshold": threshold},
         runner={"embed_dtype": embed_dtype},
     )
+    with in_process_app(**settings) as client:
+        yield client
+
+
+@contextmanager
+def in_process_app(**settings: Any) -> Iterator[Any]:
+    """An in-process Enclave (FastAPI test client, admin key set) in a temporary home,
+    with ``settings`` over the defaults."""
+    from fastapi.testclient import TestClient
+
+    from enclave.app import create_app
+    from enclave.settings import Settings
+
+    home = Path(tempfile.mkdtemp(prefix="enclave-bench-"))
+    key = "ek-bench-admin-key-0123456789abcdef"
     try:
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(Settings(home=home, admin_key=key, **settings))) as client:
             client.headers["Authorization"] = f"Bearer {key}"
             yield client
     finally:
@@ -523,20 +529,8 @@ ANSWER_STYLES = ("extractive", "generative")
 @contextmanager
 def chat_app() -> Iterator[Any]:
     """An in-process Enclave with the default models: SmolLM2 and all-MiniLM-L6-v2."""
-    from fastapi.testclient import TestClient
-
-    from enclave.app import create_app
-    from enclave.settings import Settings
-
-    home = Path(tempfile.mkdtemp(prefix="enclave-abench-"))
-    key = "ek-bench-admin-key-0123456789abcdef"
-    settings = Settings(home=home, admin_key=key)
-    try:
-        with TestClient(create_app(settings)) as client:
-            client.headers["Authorization"] = f"Bearer {key}"
-            yield client
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    with in_process_app() as client:
+        yield client
 
 
 def _squeeze(text: str) -> str:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from sqlalchemy import ColumnElement, func, or_, select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from enclave.auth.principals import Principal
 from enclave.errors import AuthenticationFailed, InvalidRequest, NotFound
@@ -211,17 +211,23 @@ class KeyService:
             rows = session.execute(query.order_by(ApiKeyRow.id)).all()
             return [self._info(row, name) for row, name in rows]
 
+    @staticmethod
+    def _key_row(session: Session, key_id: int) -> tuple[ApiKeyRow, str]:
+        """A key's row and its workspace's name, for a change; NotFound when there is none."""
+        found = session.execute(
+            select(ApiKeyRow, WorkspaceRow.name)
+            .join(WorkspaceRow, WorkspaceRow.id == ApiKeyRow.workspace_id)
+            .where(ApiKeyRow.id == key_id)
+        ).first()
+        if found is None:
+            raise NotFound(f"No API key with id {key_id}.")
+        row, workspace = found
+        return row, workspace
+
     def set_clearance(self, key_id: int, clearance: str | None) -> KeyInfo:
         """Change the highest class a key may receive (None: back to the default)."""
         with self._sessions.begin() as session:
-            found = session.execute(
-                select(ApiKeyRow, WorkspaceRow.name)
-                .join(WorkspaceRow, WorkspaceRow.id == ApiKeyRow.workspace_id)
-                .where(ApiKeyRow.id == key_id)
-            ).first()
-            if found is None:
-                raise NotFound(f"No API key with id {key_id}.")
-            row, workspace = found
+            row, workspace = self._key_row(session, key_id)
             row.receive_clearance = clearance
             self._cache.pop(row.key_hash, None)
             self._by_id.pop(row.id, None)
@@ -229,14 +235,7 @@ class KeyService:
 
     def revoke(self, key_id: int) -> KeyInfo:
         with self._sessions.begin() as session:
-            found = session.execute(
-                select(ApiKeyRow, WorkspaceRow.name)
-                .join(WorkspaceRow, WorkspaceRow.id == ApiKeyRow.workspace_id)
-                .where(ApiKeyRow.id == key_id)
-            ).first()
-            if found is None:
-                raise NotFound(f"No API key with id {key_id}.")
-            row, workspace = found
+            row, workspace = self._key_row(session, key_id)
             if row.revoked_at is None:
                 row.revoked_at = datetime.now(UTC)
             self._cache.pop(row.key_hash, None)
