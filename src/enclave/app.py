@@ -162,7 +162,7 @@ def start_knowledge(services: Services, sessions: sessionmaker[Session]) -> None
 
 def answer_styles(settings: Settings) -> dict[str, AnswerStyle]:
     """Each model's answer style for grounded chat, by every name a request may use:
-    bare, ``provider/model``, and aliases (their first target's)."""
+    bare, ``provider/model``, aliases (their first target's) and ``default``."""
     styles: dict[str, AnswerStyle] = {}
     for provider in settings.providers:
         for model in provider.models:
@@ -172,6 +172,8 @@ def answer_styles(settings: Settings) -> dict[str, AnswerStyle]:
     for alias, targets in settings.aliases.items():
         if targets and targets[0] in styles:
             styles[alias] = styles[targets[0]]
+    if settings.default_model in styles:  # "default" names the default model
+        styles["default"] = styles[settings.default_model]
     return styles
 
 
