@@ -85,3 +85,39 @@ def test_a_suffix_on_a_model_without_fim_tokens_is_a_clear_400(server: Server) -
     assert refused.value.status_code == 400
     message = str(refused.value)
     assert MODEL in message and "fill-in-the-middle" in message
+
+
+def test_a_grounded_answer_reads_as_the_docs_say(server: Server) -> None:
+    """docs/knowledge.md "Reading them from common clients": the SDK parses the
+    message's annotations, and the citations are in ``model_extra``."""
+    import time
+
+    with server.http() as http:
+        assert http.post("/api/knowledge", json={"name": "sdk-leave"}).status_code == 201
+        added = http.post(
+            "/api/knowledge/sdk-leave/documents",
+            files={
+                "file": ("leave.md", b"# Leave\n\nEmployees receive 480 days of parental leave.\n")
+            },
+        )
+        document = added.json()["data"][0]["document"]["id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = http.get(f"/api/knowledge/sdk-leave/documents/{document}").json()["status"]
+            if status in ("indexed", "failed"):
+                break
+            time.sleep(0.1)
+        assert status == "indexed"
+    answer = server.client().chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "How many days of parental leave do employees get?"}],
+        extra_body={"enclave": {"knowledge": ["sdk-leave"]}},
+    )
+    message = answer.choices[0].message
+    assert message.content and "480 days" in message.content
+    [note] = message.annotations or []
+    span = note.url_citation
+    assert message.content[span.start_index : span.end_index].startswith("Employees receive")
+    assert span.url.startswith("kb://sdk-leave/leave.md#chunk-")
+    [citation] = (answer.model_extra or {})["citations"]
+    assert citation["document"]["name"] == "leave.md" and citation["match"] == "extractive"
