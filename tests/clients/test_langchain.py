@@ -6,27 +6,13 @@ import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
 from tests.clients.conftest import EMBEDDER, MODEL
+from tests.clients.models import Address, City, Person
 from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.model
-
-
-class City(BaseModel):
-    name: str
-    population: int
-
-
-class Address(BaseModel):
-    street: str
-    city: str
-
-
-class Person(BaseModel):
-    name: str
-    address: Address
 
 
 @tool

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import BaseModel
 
 from tests.clients.conftest import MODEL
+from tests.clients.models import City
 from tests.e2e.conftest import Server
 
 openai_like = pytest.importorskip(
@@ -15,11 +15,6 @@ openai_like = pytest.importorskip(
 )
 
 pytestmark = pytest.mark.model
-
-
-class City(BaseModel):
-    name: str
-    population: int
 
 
 def llm(server: Server) -> object:

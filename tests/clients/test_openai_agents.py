@@ -17,19 +17,14 @@ from agents import (
 )
 from agents.items import ToolCallItem
 from openai import AsyncOpenAI
-from pydantic import BaseModel
 
 from tests.clients.conftest import MODEL, skip_without_responses
+from tests.clients.models import City
 from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.model
 
 set_tracing_disabled(True)  # traces would be exported to api.openai.com
-
-
-class City(BaseModel):
-    name: str
-    population: int
 
 
 @function_tool

@@ -8,9 +8,9 @@ import json
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from pydantic import BaseModel
 
 from tests.clients.conftest import EMBEDDER, MODEL
+from tests.clients.models import City
 from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.model
@@ -30,11 +30,6 @@ WEATHER = {
         },
     },
 }
-
-
-class City(BaseModel):
-    name: str
-    population: int
 
 
 def test_chat_and_stream(server: Server) -> None:

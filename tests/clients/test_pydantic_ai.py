@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from pydantic import BaseModel
 from pydantic_ai import Agent, NativeOutput
 from pydantic_ai.messages import ToolCallPart
 from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
@@ -14,6 +13,7 @@ from pydantic_ai.providers.openai import OpenAIProvider
 from pydantic_ai.settings import ModelSettings
 
 from tests.clients.conftest import MODEL, skip_without_responses
+from tests.clients.models import Address, City, Person
 from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.model
@@ -21,21 +21,6 @@ pytestmark = pytest.mark.model
 # Greedy decoding and room for a whole tool call: a sampled 135M model can
 # spend 48 tokens inside one string and hit the length limit.
 SETTINGS = ModelSettings(max_tokens=256, temperature=0)
-
-
-class City(BaseModel):
-    name: str
-    population: int
-
-
-class Address(BaseModel):
-    street: str
-    city: str
-
-
-class Person(BaseModel):
-    name: str
-    address: Address
 
 
 def provider(server: Server) -> OpenAIProvider:

@@ -289,14 +289,10 @@ def json_strings(text: str) -> str:
     return "\n\n".join(found)
 
 
-@dataclass(slots=True)
-class _Decision:
-    """What grounding decided before any model call."""
-
-    question: QuestionIntent
-    ranked: list[Candidate]
-    style: str
-    grounding: dict[str, Any]
+def quoted(candidates: Sequence[Candidate]) -> list[Citation]:
+    """Citations of sentences quoted as they are (an extract, a clarifying question's
+    options)."""
+    return extract_citations([(c.number, c.passage, c.text, *c.document_span) for c in candidates])
 
 
 class GroundedChat:
@@ -375,21 +371,13 @@ class GroundedChat:
             )
         if clarification is not None:
             grounding["clarify"] = clarification.as_dict()
-            cited = [
-                (
-                    o.candidate.number,
-                    o.candidate.passage,
-                    o.candidate.text,
-                    *o.candidate.document_span,
-                )
-                for o in clarification.options
-            ]
+            readings = [option.candidate for option in clarification.options]
             return await self._without_model(
                 call,
                 passages,
                 "clarify",
                 clarification.text(),
-                extract_citations(cited),
+                quoted(readings),
                 None,
                 grounding,
             )
@@ -443,9 +431,8 @@ class GroundedChat:
     ) -> Answer:
         chosen = choose(question, ranked)
         text = extractive_text(chosen)
-        cited = [(c.number, c.passage, c.text, *c.document_span) for c in chosen]
         return await self._without_model(
-            call, passages, "extractive", text, extract_citations(cited), None, grounding
+            call, passages, "extractive", text, quoted(chosen), None, grounding
         )
 
     async def _generate(
@@ -573,8 +560,7 @@ class _Checker:
         chosen = choose(self.question, self.ranked)
         if not chosen:
             return Verified(self.config.abstain_message, [], unsupported)
-        cited = [(c.number, c.passage, c.text, *c.document_span) for c in chosen]
-        return Verified(extractive_text(chosen), extract_citations(cited), unsupported, len(chosen))
+        return Verified(extractive_text(chosen), quoted(chosen), unsupported, len(chosen))
 
 
 # A streamed answer goes out a sentence at a time; a run-on "sentence" this long is
