@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Only `make test` needs a browser; `make run` and `make lint` never install one.
+# Only `make test` needs a browser (and Redis and haproxy for tests/scale);
+# `make run` and `make lint` never install them.
 browser:
 	@test -x $(CHROMIUM) || { \
 	  echo "Installing chromium for tests/browser (apt-get)"; \
@@ -34,6 +35,12 @@ browser:
 	}
 	@command -v espeak-ng >/dev/null || $(APT_INSTALL) espeak-ng >/dev/null 2>&1 \
 	  || { $(SUDO) apt-get update -qq && $(APT_INSTALL) espeak-ng >/dev/null; }
+	@# tests/scale: a real Redis and a real load balancer in front of three replicas.
+	@test -x /usr/bin/redis-server && test -x /usr/sbin/haproxy || { \
+	  echo "Installing redis-server and haproxy for tests/scale (apt-get)"; \
+	  $(APT_INSTALL) redis-server haproxy >/dev/null 2>&1 \
+	  || { $(SUDO) apt-get update -qq && $(APT_INSTALL) redis-server haproxy >/dev/null; }; \
+	}
 
 ACTIVATE_HINT := echo "The enclave and openai commands are in $(VENV)/bin: in another shell, run 'source $(VENV)/bin/activate' first."
 

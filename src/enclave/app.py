@@ -34,14 +34,18 @@ from enclave.api.openai import routes as openai_routes
 from enclave.api.openapi import install_openapi
 from enclave.api.platform import routes as platform_routes
 from enclave.api.runners import routes as runner_routes
+from enclave.api.users import routes as user_routes
 from enclave.apps.actions import ActionStore
 from enclave.apps.mcp_tools import McpConnector
 from enclave.apps.runner import AppRunner
 from enclave.apps.service import AppService
+from enclave.auth.identity import CALLBACK_PATH, IdentityService
 from enclave.auth.keys import KeyService
+from enclave.auth.oidc import OidcClient
 from enclave.auth.sessions import SessionService
 from enclave.chat.conversations import ConversationService
 from enclave.chat.responses import ResponsesService, ResponseStore
+from enclave.cluster import Membership, new_replica_id
 from enclave.egress import EgressGuard, EgressPolicy
 from enclave.errors import ConfigError, EnclaveError
 from enclave.gateway.audit import AuditLog, audit_head_path
@@ -62,7 +66,7 @@ from enclave.providers.registry import ModelRegistry
 from enclave.runners.control import RunnerControl
 from enclave.runners.fleet import RunnerFleet
 from enclave.settings import Settings, resolve_secret
-from enclave.storage.db import open_database
+from enclave.storage.db import open_database, startup_lock
 from enclave.ui import pages as ui_pages
 
 log = logging.getLogger(__name__)
@@ -95,6 +99,42 @@ def bootstrap_admin_key(keys: KeyService, settings: Settings) -> str | None:
     return secret
 
 
+def check_cluster(settings: Settings, dialect: str) -> None:
+    """Replicas need a database and a limiter every replica shares: ConfigError otherwise."""
+    if not settings.cluster.replicas:
+        return
+    if dialect != "postgresql":
+        raise ConfigError(
+            "cluster.replicas needs Postgres (database_url: env:ENCLAVE_DB_URL with a "
+            f"postgresql:// URL); this database is {dialect}"
+        )
+    if settings.limiter_url is None:
+        raise ConfigError(
+            "cluster.replicas needs limiter_url (a redis:// URL every replica shares), "
+            "or each replica would count limits on its own"
+        )
+
+
+def build_identity(
+    settings: Settings, keys: KeyService, sessions: SessionService
+) -> IdentityService | None:
+    """Sign-in with the identity provider, when ``identity.oidc`` is configured.
+
+    The provider sends the browser back to ``<public_url>/ui/oidc/callback``;
+    that address must be absolute, and is never built from the Host header.
+    """
+    oidc = settings.identity.oidc
+    if oidc is None:
+        return None
+    if settings.public_url is None:
+        raise ConfigError(
+            "identity.oidc needs public_url: the provider sends people back to "
+            f"<public_url>{CALLBACK_PATH}"
+        )
+    client = OidcClient(oidc, settings.public_url + CALLBACK_PATH)
+    return IdentityService(settings.identity, client, keys, sessions)
+
+
 def build_classifier(settings: Settings) -> Classifier:
     """Detectors switched on in ``detectors:``, each mapped to its class."""
     enabled = {name: level for name, level in settings.detectors.items() if level is not None}
@@ -117,7 +157,13 @@ async def seed_budgets(limiter: Limiter, usage: UsageLedger, settings: Settings)
             continue
         for (kind, subject), tokens in usage.tokens_since(since).items():
             if kind in kinds:
-                await limiter.seed_budget(kind, subject, tokens)
+                try:
+                    await limiter.seed_budget(kind, subject, tokens)
+                except EnclaveError as exc:
+                    # Redis is down: limited requests answer 503 until it is back (fail
+                    # closed); the budgets are seeded again at the next start.
+                    log.error("could not load the token budgets into the limiter: %s", exc.message)
+                    return
 
 
 def start_knowledge(services: Services, sessions: sessionmaker[Session]) -> None:
@@ -152,7 +198,14 @@ def start_knowledge(services: Services, sessions: sessionmaker[Session]) -> None
             "knowledge.url_fetch.allow_private is deprecated: list the hosts or networks "
             "knowledge URLs may reach in egress.allow instead"
         )
-    worker = IngestionWorker(knowledge, settings.knowledge.url_fetch, services.egress)
+    worker = IngestionWorker(
+        knowledge,
+        settings.knowledge.url_fetch,
+        services.egress,
+        replica_id=services.membership.replica_id if services.membership else None,
+        lease_s=settings.cluster.job_lease_s,
+        replicas=settings.cluster.replicas,
+    )
     worker.start()
     services.knowledge, services.ingestion = knowledge, worker
     services.grounding = GroundedChat(
@@ -245,17 +298,35 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.home.mkdir(parents=True, exist_ok=True)
         engine, sessions = open_database(settings.resolved_database_url)
-        keys = KeyService(sessions)
-        new_secret = bootstrap_admin_key(keys, settings)
+        check_cluster(settings, engine.dialect.name)
+        keys = KeyService(sessions, settings.identity)
+        with startup_lock(engine):  # replicas starting together create each row once
+            new_secret = bootstrap_admin_key(keys, settings)
+            for workspace in settings.workspaces:
+                keys.ensure_workspace(workspace.name)
+            for name in settings.identity.workspaces:
+                keys.ensure_workspace(name)
         if new_secret:
             announce_admin_key(new_secret)
-        for workspace in settings.workspaces:
-            keys.ensure_workspace(workspace.name)
+        ui_sessions = SessionService(sessions, keys, settings.ui.session_ttl_s)
         app.state.engine = engine
+        app.state.draining = False
+        replica_id = new_replica_id(settings.cluster.replica_id)
+        membership = Membership(
+            sessions,
+            replica_id,
+            heartbeat_s=settings.cluster.heartbeat_s,
+            member_timeout_s=settings.cluster.member_timeout_s,
+        )
+        if settings.cluster.replicas:
+            membership.start()
         await model_registry.start()
         inference = InferenceService(model_registry, metrics, settings.input_limits)
         usage = UsageLedger(sessions)
-        audit = AuditLog.from_settings(sessions, settings)
+        audit = AuditLog.from_settings(
+            sessions, settings, replica=replica_id, live_replicas=membership.live
+        )
+        membership.on_beat(audit.sweep)
         limiter = limiter_from_url(
             resolve_secret(settings.limiter_url) if settings.limiter_url else None
         )
@@ -281,11 +352,13 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
             inference=inference,
             gateway=gateway,
             metrics=metrics,
-            sessions=SessionService(sessions, keys, settings.ui.session_ttl_s),
+            sessions=ui_sessions,
+            identity=build_identity(settings, keys, ui_sessions),
             conversations=ConversationService(sessions),
             responses=ResponsesService(ResponseStore(sessions)),
             audit_reader=AuditReader(sessions, audit, audit_head_path(settings)),
             metrics_token=metrics_token,
+            membership=membership,
             egress=EgressGuard(EgressPolicy.from_config(settings.egress), audit=audit),
         )
         start_knowledge(services, sessions)
@@ -311,6 +384,8 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
             await limiter.close()
             usage.close()
             audit.close()
+            if settings.cluster.replicas:
+                membership.close()
             engine.dispose()
 
     app = FastAPI(
@@ -337,6 +412,7 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     app.include_router(apps_routes.actions)
     app.include_router(conversation_routes.router)
     app.include_router(admin_routes.router)
+    app.include_router(user_routes.router)
     app.include_router(runner_routes.joining)
     app.include_router(mcp_routes.router)
     app.include_router(mcp_routes.admin)

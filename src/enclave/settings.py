@@ -17,6 +17,7 @@ Settings are created by the CLI (or a test) and passed down through
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -654,6 +655,153 @@ class AuditConfig(StrictModel):
     )
 
 
+class ClusterConfig(StrictModel):
+    """Several replicas on one database (``cluster:``); see docs/operations.md "Replicas"."""
+
+    replicas: bool = Field(
+        False,
+        description=(
+            "True when several `enclave serve` processes share this database (Postgres and "
+            "a limiter_url needed): one audit chain locked in the database, ingestion jobs "
+            "with leases, uploads kept in the database."
+        ),
+    )
+    replica_id: str | None = Field(
+        None,
+        max_length=64,
+        description=(
+            "This replica's name in cluster_members; null: the host name and a random suffix."
+        ),
+    )
+    heartbeat_s: float = Field(
+        5.0, gt=0, le=300, description="Seconds between a replica's heartbeats."
+    )
+    member_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "A replica silent this long is dead: its requests in flight become `interrupted` "
+            "audit entries, written by another replica."
+        ),
+    )
+    job_lease_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "An ingestion job's lease; renewed while the job runs, taken over when it lapses."
+        ),
+    )
+    drain_s: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        description=(
+            "On SIGTERM: seconds /readyz answers 503 (so the load balancer stops sending) "
+            "before the server stops accepting connections."
+        ),
+    )
+    grace_s: float = Field(
+        30.0, ge=0, le=3600, description="On SIGTERM: seconds in-flight requests get to finish."
+    )
+
+
+def _check_group_refs(value: list[str]) -> list[str]:
+    """``group:NAME`` entries (the only kind of subject a role is granted to)."""
+    for entry in value:
+        if not entry.startswith("group:") or not entry[6:].strip():
+            raise ValueError(f"'{entry}' must be written 'group:NAME'")
+    return value
+
+
+GroupRefs = Annotated[list[str], AfterValidator(_check_group_refs)]
+
+
+class OidcConfig(StrictModel):
+    """The OpenID Connect provider people sign in with (``identity.oidc``); docs/identity.md."""
+
+    issuer: str = Field(
+        description=(
+            "The provider's issuer URL; its /.well-known/openid-configuration is read at "
+            "sign-in and ID tokens must name exactly this issuer."
+        )
+    )
+    client_id: str = Field(min_length=1, description="Enclave's client id at the provider.")
+    client_secret: SecretReference | None = Field(
+        None, description="Reference (env:/file:) to the client secret; null: a public client."
+    )
+    groups_claim: str = Field(
+        "groups", min_length=1, description="The ID token (or userinfo) claim listing the groups."
+    )
+    scopes: list[str] = Field(
+        default_factory=lambda: ["openid", "profile", "email"],
+        description="Scopes asked for at sign-in ('openid' is always added).",
+    )
+    display_name: str | None = Field(
+        None,
+        max_length=64,
+        description="The provider's name on the sign-in button; null: the issuer's host name.",
+    )
+    refresh_s: int = Field(
+        300,
+        ge=0,
+        le=86400,
+        description=(
+            "Seconds after which a signed-in user's groups are read again from the "
+            "provider (userinfo, with the refresh token when the access token has run out)."
+        ),
+    )
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or any(c in value for c in "?#\r\n"):
+            raise ValueError("issuer must be an http(s):// URL without query or fragment")
+        return value.rstrip("/")
+
+
+class WorkspaceRolesConfig(StrictModel):
+    """Who may use one workspace (``identity.workspaces.<name>``)."""
+
+    members: GroupRefs = Field(
+        default_factory=list, description="Groups whose people chat, query and use apps."
+    )
+    builders: GroupRefs = Field(
+        default_factory=list,
+        description="Groups whose people also manage knowledge bases and apply apps.",
+    )
+
+
+class IdentityConfig(StrictModel):
+    """People and their roles (``identity:``): sign-in with OpenID Connect; docs/identity.md."""
+
+    oidc: OidcConfig | None = Field(None, description="The identity provider; null: keys only.")
+    admins: GroupRefs = Field(
+        default_factory=list,
+        description="Groups whose people are admins (workspaces, providers, keys, audit).",
+    )
+    workspaces: dict[str, WorkspaceRolesConfig] = Field(
+        default_factory=dict,
+        description="Workspace name -> the groups of its members and builders.",
+    )
+    self_registration: bool = Field(
+        True,
+        description=(
+            "Create a user on first sign-in. False: a new user waits (disabled) until an admin "
+            "enables them; admins (by group) are let in."
+        ),
+    )
+
+    @field_validator("workspaces")
+    @classmethod
+    def _workspace_names(cls, value: dict[str, WorkspaceRolesConfig]) -> dict[str, Any]:
+        for name in value:
+            if not re.fullmatch(NAME_PATTERN, name):
+                raise ValueError(f"'{name}' is not a workspace name ({NAME_PATTERN})")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything the control plane needs to start. Validated once, at start-up."""
 
@@ -718,6 +866,8 @@ class Settings(BaseSettings):
     egress: EgressConfig = Field(default_factory=EgressConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
     input_limits: InputLimitsConfig = Field(default_factory=InputLimitsConfig)
     remote_runners: RemoteRunnersConfig = Field(default_factory=RemoteRunnersConfig)
     deployments: list[DeploymentConfig] = Field(
@@ -909,12 +1059,31 @@ def _url_password(url: str) -> str | None:
 OTHER_ENVIRONMENT = {"ENCLAVE_CONFIG", "ENCLAVE_URL", "ENCLAVE_API_KEY"}
 
 
-def _unknown_environment() -> list[str]:
-    """``ENCLAVE_*`` variables that name no setting: almost always a typo."""
+def _env_references(value: Any) -> set[str]:
+    """The variable names of every ``env:NAME`` reference in a parsed config."""
+    if isinstance(value, str):
+        return {value.removeprefix("env:").strip()} if value.startswith("env:") else set()
+    if isinstance(value, dict):
+        return set().union(*(_env_references(item) for item in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_env_references(item) for item in value))
+    return set()
+
+
+def _unknown_environment(data: Any = None) -> list[str]:
+    """``ENCLAVE_*`` variables that name no setting: almost always a typo.
+
+    Variables that an ``env:`` reference names (in the config, or in another
+    ``ENCLAVE_*`` variable) are secrets by design, e.g. ``database_url:
+    env:ENCLAVE_DB_URL``.
+    """
     fields = {name.upper() for name in Settings.model_fields}
+    referenced = _env_references(data) | _env_references(
+        [value for name, value in os.environ.items() if name.startswith("ENCLAVE_")]
+    )
     unknown = []
     for name in os.environ:
-        if not name.startswith("ENCLAVE_") or name in OTHER_ENVIRONMENT:
+        if not name.startswith("ENCLAVE_") or name in OTHER_ENVIRONMENT or name in referenced:
             continue
         top = name.removeprefix("ENCLAVE_").split("__", 1)[0]
         if top not in fields:
@@ -981,7 +1150,7 @@ def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Se
             f"{source}, line {lines.get(('admin_key',), 1)}: field 'admin_key': "
             "set it only through the ENCLAVE_ADMIN_KEY environment variable, never in a file"
         )
-    unknown = _unknown_environment()
+    unknown = _unknown_environment(data)
     if unknown:
         raise ConfigError(
             "unknown environment variable(s): "

@@ -123,6 +123,22 @@ def test_publish_swaps_in_the_new_version(store: VectorStore) -> None:
     assert store.count(1, 10) == 2
 
 
+def test_a_chunk_added_twice_is_published_once(store: VectorStore) -> None:
+    first = store.add(rows(1, 10, "alpha text", "beta text"), np.stack([axis(0), axis(1)]))
+    # The second batch again (a job taken over after its batch was stored), then the rest.
+    store.add(rows(1, 10, "alpha text", "beta text"), np.stack([axis(0), axis(1)]))
+    third = store.add(
+        [ChunkRow(kb_id=1, document_id=10, ordinal=2, text="gamma text", char_end=10)],
+        np.stack([axis(2)]),
+    )
+
+    assert store.publish(1, 10) == 3
+
+    assert [chunk.id for chunk in store.chunks(1, 10)] == [*first, *third]
+    assert {hit.chunk_id for hit in store.dense([1], axis(0), 10)} == {*first, *third}
+    assert store.count(1, 10) == 3
+
+
 def test_discard_hidden_keeps_the_published_version(store: VectorStore) -> None:
     old = add_published(store, 1, 10, ["served text about invoices"], [axis(0)])
     hidden = store.add(rows(1, 10, "half ingested", "new text"), np.stack([axis(1), axis(2)]))
@@ -283,6 +299,22 @@ def test_filters_restrict_both_searches_to_documents(store: VectorStore) -> None
     assert store.lexical([1], "orchid", 5, nothing) == []
     assert store.dense([1], axis(0), 5, nothing) == []
     assert len(store.dense([1], axis(0), 5, Filters())) == 3
+
+
+def test_excluded_documents_never_take_a_place_in_either_search(store: VectorStore) -> None:
+    # The excluded document's chunks are the best matches: filtered after ranking, they
+    # would fill the top k and leave nothing.
+    hidden = add_published(store, 1, 10, ["orchid orchid orchid", "orchid orchid"], [axis(0)] * 2)
+    kept = add_published(store, 1, 20, ["orchid care notes"], [axis(0) + axis(1)])
+    other = add_published(store, 1, 30, ["orchid pots and orchid soil"], [axis(0) + axis(2)])
+
+    without = Filters(excluded_document_ids=frozenset({10}))
+    assert {h.chunk_id for h in store.lexical([1], "orchid", 2, without)} == {*kept, *other}
+    assert {h.chunk_id for h in store.dense([1], axis(0), 2, without)} == {*kept, *other}
+    assert {h.chunk_id for h in store.dense([1], axis(0), 2)} == set(hidden)
+    both = Filters(document_ids=frozenset({10, 20}), excluded_document_ids=frozenset({10}))
+    assert [h.chunk_id for h in store.dense([1], axis(0), 5, both)] == kept
+    assert [h.chunk_id for h in store.lexical([1], "orchid", 5, both)] == kept
 
 
 def test_a_search_never_crosses_into_another_base(store: VectorStore) -> None:

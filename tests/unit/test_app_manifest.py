@@ -469,6 +469,8 @@ SECTIONS = {
     "AppBody": "`spec`",
     "Grounding": "`spec.grounding`",
     "ApiSpec": "`spec.apis[]`",
+    "ApiAuth": "`spec.apis[].auth`",
+    "TokenExchange": "`spec.apis[].auth.token_exchange`",
     "McpSpec": "`spec.mcps[]`",
     "McpToolFilter": "`spec.mcps[].tools`",
     "AppTest": "`spec.tests[]`",

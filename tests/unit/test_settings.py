@@ -119,6 +119,22 @@ def test_misspelt_environment_variable_is_refused(monkeypatch: pytest.MonkeyPatc
         load_settings()
 
 
+def test_a_variable_an_env_reference_names_is_not_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``database_url: env:ENCLAVE_DB_URL`` (as the docs show) is a reference, not a typo;
+    so is one named from another ENCLAVE_ variable."""
+    path = write(tmp_path, "database_url: env:ENCLAVE_DB_URL\n")
+    monkeypatch.setenv("ENCLAVE_DB_URL", f"sqlite:///{tmp_path / 'x.db'}")
+    assert load_settings(path).resolved_database_url.endswith("x.db")
+    monkeypatch.setenv("ENCLAVE_LIMITER_URL", "env:ENCLAVE_REDIS_URL")
+    monkeypatch.setenv("ENCLAVE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    load_settings(path)
+    monkeypatch.setenv("ENCLAVE_REDIS_ULR", "redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigError, match=r"unknown environment variable.*ENCLAVE_REDIS_ULR"):
+        load_settings(path)
+
+
 def test_unresolvable_metrics_token_is_a_config_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

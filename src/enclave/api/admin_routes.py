@@ -67,3 +67,12 @@ async def audit(
 async def verify_audit(svc: Services = Depends(services)) -> dict[str, Any]:
     result = await asyncio.to_thread(svc.audit_reader.verify)
     return dataclasses.asdict(result)
+
+
+@router.get("/cluster", summary="The replicas sharing this database and their heartbeats")
+async def cluster(svc: Services = Depends(services)) -> dict[str, Any]:
+    membership = svc.membership
+    if membership is None or not svc.settings.cluster.replicas:
+        return {"replicas": False, "members": []}
+    members = await asyncio.to_thread(membership.members)
+    return {"replicas": True, "replica": membership.replica_id, "members": members}

@@ -10,6 +10,11 @@ an ``Authorization: Bearer <key>`` header (programs), or the web UI's session
 cookie (browsers, ``auth/sessions.py``). The header wins when both are sent.
 With the cookie, a request that can change something (anything but GET, HEAD
 and OPTIONS) must also carry the session's CSRF token in ``X-CSRF-Token``.
+
+Roles (``auth/roles.py``): :func:`require_builder` guards what changes a
+workspace's knowledge bases and apps, :func:`require_admin` the platform. A
+session of a person signed in with the identity provider first has their
+groups re-checked with the provider when they are due (:func:`authenticate`).
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ from fastapi import Depends, Request
 
 from enclave.apps.runner import AppRunner
 from enclave.apps.service import AppService
+from enclave.auth.identity import IdentityService
 from enclave.auth.keys import KeyService
 from enclave.auth.principals import Principal
+from enclave.auth.roles import at_least
 from enclave.auth.sessions import CSRF_HEADER, SESSION_COOKIE, SessionService
 from enclave.chat.conversations import ConversationService
 from enclave.chat.responses import ResponsesService
+from enclave.cluster import Membership
 from enclave.egress import EgressGuard
 from enclave.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 from enclave.gateway.audit_reader import AuditReader
@@ -70,6 +78,10 @@ class Services:
     egress: EgressGuard = field(default_factory=EgressGuard)
     # Joined runners, their deployments and the placement loop.
     runners: RunnerFleet | None = None
+    # Sign-in with the identity provider (identity.oidc); None: API keys only.
+    identity: IdentityService | None = None
+    # This replica and its heartbeat (started only with cluster.replicas).
+    membership: Membership | None = None
 
     def require_knowledge(self) -> KnowledgeService:
         if self.knowledge is None:
@@ -130,6 +142,21 @@ def authenticate_request(request: Request, svc: Services) -> Principal:
     return principal
 
 
+async def recheck_session(request: Request, svc: Services) -> None:
+    """Re-check a signed-in person's groups with the provider when due (cookie only)."""
+    if svc.identity is None or "authorization" in request.headers:
+        return
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        await svc.identity.recheck(cookie)
+
+
+async def authenticate(request: Request, svc: Services) -> Principal:
+    """:func:`authenticate_request`, after the provider re-check a session may be due."""
+    await recheck_session(request, svc)
+    return authenticate_request(request, svc)
+
+
 def check_csrf(sent: str | None, expected: str) -> None:
     """Constant-time comparison of a presented CSRF token with the session's."""
     if not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
@@ -149,8 +176,17 @@ def browser_session(request: Request, svc: Services) -> tuple[Principal, str] | 
 
 
 async def require_principal(request: Request, svc: Services = Depends(services)) -> Principal:
-    principal = authenticate_request(request, svc)
+    principal = await authenticate(request, svc)
     request.state.principal = principal
+    return principal
+
+
+async def require_builder(principal: Principal = Depends(require_principal)) -> Principal:
+    """Managing knowledge bases and applying apps: builders and admins."""
+    if not at_least(principal.role, "builder"):
+        raise PermissionDenied(
+            "This needs the builder role in the workspace; you are a member.", code="needs_builder"
+        )
     return principal
 
 

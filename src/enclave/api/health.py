@@ -1,4 +1,13 @@
-"""Health checks (open) and Prometheus metrics (admin key or metrics token)."""
+"""Health checks (open) and Prometheus metrics (admin key or metrics token).
+
+``/livez`` (and its older name ``/healthz``): the process answers; Kubernetes
+restarts a replica only when this fails. ``/readyz``: this replica should get
+traffic: models loaded, database reachable, and not draining (after SIGTERM,
+see ``cli/serve.py``); load balancers and Kubernetes take it out of rotation
+while it answers 503. The shared limiter (Redis) is reported but not required:
+when it is down every replica answers 503 to limited requests anyway, and
+taking them all out of rotation would only hide the reason.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +26,12 @@ from enclave.providers.openai_upstream import OpenAIUpstream
 router = APIRouter()
 
 # Only these two routes answer without a key.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PUBLIC_PATHS = frozenset({"/livez", "/healthz", "/readyz"})
 
 
-@router.get("/healthz", summary="Liveness: the process is up")
-async def healthz() -> dict[str, str]:
+@router.get("/livez", summary="Liveness: the process is up")
+@router.get("/healthz", summary="Liveness (older name of /livez)")
+async def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
@@ -32,6 +42,14 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(request: Request, svc: Services = Depends(services)) -> JSONResponse:
     checks: dict[str, Any] = {}
+    if getattr(request.app.state, "draining", False):
+        return JSONResponse(
+            {
+                "status": "draining",
+                "checks": {"draining": "stopping: finishing requests in flight"},
+            },
+            status_code=503,
+        )
     try:
         with request.app.state.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -51,6 +69,8 @@ async def readyz(request: Request, svc: Services = Depends(services)) -> JSONRes
         health = await provider.health()
         checks[name] = "ok" if health.ok else health.detail or "down"
         required.append(name)
+    if svc.membership is not None and svc.settings.cluster.replicas:
+        checks["replica"] = svc.membership.replica_id
     ready = svc.registry.started and all(checks[name] == "ok" for name in required)
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},

@@ -90,8 +90,11 @@ def resolve_headers(
     headers: Mapping[str, str],
     allowed_env: list[str],
     environ: Mapping[str, str] = os.environ,
+    *,
+    kind: str = "header",
 ) -> dict[str, str]:
-    """Headers with every ``env:NAME`` token replaced by that variable's value.
+    """Headers (or other ``kind`` of named values) with every ``env:NAME`` token replaced
+    by that variable's value.
 
     Only names in ``allowed_env`` (``apps.secret_env``) may be read. Raises
     :class:`CallError` naming the header and variable, never a value.
@@ -104,15 +107,15 @@ def resolve_headers(
             name = match.group(1)
             if name not in allowed:
                 raise CallError(
-                    f"header '{header}' references env:{name}, which apps.secret_env does not allow"
+                    f"{kind} '{header}' references env:{name}, which apps.secret_env does not allow"
                 )
             secret = environ.get(name)
             if not secret:
                 raise CallError(
-                    f"header '{header}' references env:{name}, which is not set on the server"
+                    f"{kind} '{header}' references env:{name}, which is not set on the server"
                 )
             if "\r" in secret or "\n" in secret:
-                raise CallError(f"header '{header}': env:{name} contains a line break")
+                raise CallError(f"{kind} '{header}': env:{name} contains a line break")
             return secret
 
         resolved[header] = ENV_TOKEN.sub(substitute, value)

@@ -13,7 +13,9 @@ For each user message :meth:`AppRunner.handle`:
    grammar built from its JSON schema, and they are validated again before
    anything is sent;
 4. **calls** the API with the app's headers (``env:NAME`` resolved on the
-   server), a timeout and a size cap, and audits the call. An operation
+   server) or, for an API with ``auth``, as the signed-in user (their token,
+   or one exchanged for it: :mod:`.credentials`), a timeout and a size cap,
+   and audits the call. An operation
    whose method is in the API's ``confirm`` list is not called: the answer
    carries a pending action instead (:mod:`.actions`), which runs only on an
    explicit confirmation, never on a free-text reply;
@@ -57,6 +59,7 @@ import orjson
 
 from enclave.apps.actions import ACTION_ID_PATTERN, Action, ActionStore
 from enclave.apps.calls import CallError, CallResult, call_operation, render_result, resolve_headers
+from enclave.apps.credentials import ApiCredentials
 from enclave.apps.mcp_tools import McpConnector, is_mcp, server_health
 from enclave.apps.openapi import Operation, tidy_arguments
 from enclave.apps.service import AppService, LoadedApp
@@ -249,6 +252,7 @@ class AppRunner:
         self.http = http
         self.embedder = embedder
         self.grounding = grounding
+        self.credentials = ApiCredentials(config.secret_env)
 
     # -- entry points --------------------------------------------------------
 
@@ -543,9 +547,12 @@ class AppRunner:
         operation = record.operation
         api = app.apis[operation.api].spec
         started = time.perf_counter()
+        caller = Caller(principal.workspace, principal.key_id, app.model_id)
         try:
-            headers = resolve_headers(api.headers, self.config.secret_env)
             timeout = min(api.timeout_s or self.config.call_timeout_s, self.config.call_timeout_s)
+            headers = await self.credentials.headers(
+                api, principal, http=self.http, caller=caller, timeout_s=timeout
+            )
             record.result = await call_operation(
                 operation,
                 record.arguments,
@@ -554,7 +561,7 @@ class AppRunner:
                 timeout_s=timeout,
                 max_bytes=self.config.max_response_bytes,
                 client=self.http,
-                caller=Caller(principal.workspace, principal.key_id, app.model_id),
+                caller=caller,
             )
         except CallError as exc:
             record.error = str(exc)

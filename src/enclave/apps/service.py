@@ -174,8 +174,9 @@ class AppService:
         self.egress = egress or EgressPolicy()  # apis[].url must pass (egress.allow)
         # Workspace name -> its configured floor (workspaces[].classification).
         self._floor = floor or (lambda workspace: levels.lowest)
-        # (workspace id, name, ref) -> LoadedApp; versions never change, so no invalidation.
-        self._loaded: OrderedDict[tuple[int, str, str], LoadedApp] = OrderedDict()
+        # (workspace id, name, ref, app row id) -> LoadedApp; versions never change, so no
+        # invalidation. The row id tells a re-created app's version 1 from the deleted one's.
+        self._loaded: OrderedDict[tuple[int, str, str, int], LoadedApp] = OrderedDict()
 
     # -- validation ----------------------------------------------------------
 
@@ -230,6 +231,20 @@ class AppService:
                     "server's apps.secret_env, so the app may not read it.",
                     param=f"spec.apis[{index}].headers",
                 )
+            exchange = api.auth.token_exchange if api.auth else None
+            if exchange is not None:
+                where = f"spec.apis[{index}].auth.token_exchange"
+                if (refusal := url_refusal(self.egress, exchange.token_url)) is not None:
+                    raise InvalidRequest(
+                        f"{where}.token_url: {refusal}.", param=f"{where}.token_url"
+                    )
+                secret = referenced_env({"client_secret": exchange.client_secret or ""})
+                if secret - allowed:
+                    raise InvalidRequest(
+                        f"{where}.client_secret: env:{min(secret)} is not in the server's "
+                        "apps.secret_env, so the app may not read it.",
+                        param=f"{where}.client_secret",
+                    )
         self._check_mcps(spec.mcps)
         avatar = manifest.metadata.avatar
         if avatar is not None:
@@ -507,6 +522,9 @@ class AppService:
             row = self._app_row(session, workspace_id, name)
             session.execute(delete(AppVersionRow).where(AppVersionRow.app_id == row.id))
             session.delete(row)
+        # SQLite may give the next app the same row id; Postgres never does (other replicas).
+        for key in [key for key in self._loaded if key[:2] == (workspace_id, name)]:
+            del self._loaded[key]
 
     def avatar(self, workspace_id: int, name: str) -> tuple[bytes, str]:
         """The current version's ``metadata.avatar`` as (bytes, media type); 404 without one."""
@@ -576,8 +594,12 @@ class AppService:
     def load(self, workspace_id: int, name: str, ref: str | None = None) -> LoadedApp:
         """The app to serve: its current version, a given version (``"3"``) or a draft.
 
-        Parsed apps are cached by (workspace, name, version or draft id): versions
-        never change, so only which version is current is read per request.
+        Parsed apps are cached by (workspace, name, version or draft id, app row
+        id): versions never change, so only which version is current is read per
+        request. That read is what keeps replicas in step: an app applied or
+        rolled back on any replica is served by every replica from the next
+        request after the commit (no staleness beyond it, no invalidation
+        message to lose), at the cost of one indexed row read per request.
         """
         with self.sessions() as session:
             draft = None
@@ -590,11 +612,11 @@ class AppService:
                     or draft.expires_at < utc_now()
                 ):
                     raise AppNotFound(f"{name}@{ref}")
-                version, key = None, (workspace_id, name, ref)
+                version, key = None, (workspace_id, name, ref, 0)
             else:
                 row = self._app_row(session, workspace_id, name)
                 version = int(ref) if ref else row.current_version
-                key = (workspace_id, name, str(version))
+                key = (workspace_id, name, str(version), row.id)
             cached = self._loaded.get(key)
             if cached is not None:
                 self._loaded.move_to_end(key)

@@ -51,6 +51,53 @@ class Metadata(SpecModel):
     )
 
 
+class TokenExchange(SpecModel):
+    """OAuth 2.0 Token Exchange (RFC 8693): the signed-in user's access token is swapped
+    at the identity provider for a token meant for this API, which then sees the user."""
+
+    token_url: str = Field(description="The provider's token endpoint (http:// or https://).")
+    client_id: str = Field(min_length=1, description="Enclave's client id at the provider.")
+    client_secret: str | None = Field(
+        None, description="env:NAME (in apps.secret_env); sent with HTTP Basic authentication."
+    )
+    audience: str | None = Field(None, description="The API as the provider names it.")
+    scope: str | None = Field(None, description="Space-separated scopes to ask for.")
+
+    @field_validator("token_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("client_secret")
+    @classmethod
+    def _from_env(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"env:[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("write env:NAME: a secret is read from the server's environment")
+        return value
+
+
+class ApiAuth(SpecModel):
+    """How calls to the API prove who they are, when not with a shared service token
+    (``headers``): as the signed-in user. A request without a user is refused."""
+
+    user_token: bool = Field(
+        False, description="Send the user's own access token (the API trusts the same provider)."
+    )
+    token_exchange: TokenExchange | None = Field(
+        None, description="Exchange the user's token for one for this API (RFC 8693)."
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ApiAuth:
+        if self.user_token == (self.token_exchange is not None):
+            raise FieldProblem(
+                ("user_token",), "auth needs exactly one of 'user_token: true' or 'token_exchange'"
+            )
+        return self
+
+
 class ApiSpec(SpecModel):
     """One HTTP API the app may call, described by an OpenAPI 3.x document."""
 
@@ -63,6 +110,9 @@ class ApiSpec(SpecModel):
     headers: dict[str, str] = Field(
         default_factory=dict,
         description="Sent with every call; env:NAME is resolved on the server.",
+    )
+    auth: ApiAuth | None = Field(
+        None, description="Call as the signed-in user; without it, headers carry a service token."
     )
     confirm: list[Method] = Field(
         default_factory=lambda: list(WRITE_METHODS),
@@ -79,6 +129,16 @@ class ApiSpec(SpecModel):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL with a host")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> ApiSpec:
+        if self.auth is not None and any(name.lower() == "authorization" for name in self.headers):
+            raise FieldProblem(
+                ("headers",),
+                "an API with 'auth' gets its Authorization header from the user's token; "
+                "remove it from headers",
+            )
+        return self
 
 
 class McpToolFilter(SpecModel):

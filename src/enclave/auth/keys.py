@@ -10,6 +10,15 @@ the cache at once, and the short TTL bounds how long a key revoked by another
 process (the CLI) still works. Browser sessions hold a key id rather than the
 secret; :meth:`KeyService.principal_for_key_id` checks that key with the same
 cache and the same revocation and expiry rules.
+
+A key belongs to a person (``user_id``) or to a service (none). A person's key
+never has more rights than the person has now: after the cache, each request
+reads the owner's row (disabled? which groups?) and caps the key's role at the
+owner's role in the key's workspace (``auth/roles.py``), so a person who loses a
+group, or is disabled, loses it on their keys at their next request. A person
+signed in to the web UI acts through their *sign-in key*, one per workspace,
+whose secret was never kept (prefix ``sign-in``): sessions, conversations,
+usage and the audit log keep working by key id, and the cap applies to it too.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -26,10 +35,15 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from enclave.auth.principals import Principal
+from enclave.auth.roles import RoleMap, capped, key_role
+from enclave.auth.users import UserService
 from enclave.errors import AuthenticationFailed, InvalidRequest, NotFound
+from enclave.settings import IdentityConfig
 from enclave.storage.models import ApiKeyRow, WorkspaceRow
 
 KEY_PREFIX = "ek-"
+# The prefix shown for a person's sign-in key, which has no secret anyone knows.
+SIGN_IN_PREFIX = "sign-in"
 CACHE_SECONDS = 5.0
 
 _K = TypeVar("_K", str, int)
@@ -67,6 +81,8 @@ class KeyInfo:
     expires_at: datetime | None
     revoked_at: datetime | None
     clearance: str | None = None
+    user_id: int | None = None
+    role: str = "builder"
 
     @property
     def status(self) -> str:
@@ -76,10 +92,12 @@ class KeyInfo:
 class KeyService:
     """Creates, verifies, lists and revokes API keys and their workspaces."""
 
-    def __init__(self, sessions: sessionmaker) -> None:
+    def __init__(self, sessions: sessionmaker, identity: IdentityConfig | None = None) -> None:
         self._sessions = sessions
         self._cache: dict[str, _Cached] = {}
         self._by_id: dict[int, _Cached] = {}
+        self.roles = RoleMap(identity or IdentityConfig())
+        self.users = UserService(sessions)
 
     def ensure_workspace(self, name: str) -> int:
         with self._sessions.begin() as session:
@@ -99,25 +117,39 @@ class KeyService:
         expires_at: datetime | None = None,
         key: str | None = None,
         clearance: str | None = None,
+        user_id: int | None = None,
+        role: str | None = None,
+        prefix: str | None = None,
     ) -> tuple[str, KeyInfo]:
         """Create a key and return ``(secret, info)``. The secret is never stored.
 
         ``clearance`` is the highest class the key may receive (a class name the
-        caller has checked), see :mod:`enclave.gateway.disclosure`.
+        caller has checked), see :mod:`enclave.gateway.disclosure`. ``user_id``
+        makes it a person's key; ``role`` is its ceiling (member, builder, admin;
+        when given it decides ``is_admin``).
         """
         if key is not None and len(key) < 16:
             raise InvalidRequest("an API key must be at least 16 characters long")
+        if role is not None:
+            try:
+                is_admin = key_role(is_admin, role) == "admin"
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), param="role") from None
+        if user_id is not None and self.users.get(user_id) is None:
+            raise NotFound(f"No user with id {user_id}.")
         secret = key or generate_key()
         workspace_id = self.ensure_workspace(workspace)
         with self._sessions.begin() as session:
             row = ApiKeyRow(
                 workspace_id=workspace_id,
                 name=name,
-                prefix=secret[:8],
+                prefix=prefix or secret[:8],
                 key_hash=hash_key(secret),
                 is_admin=is_admin,
                 expires_at=expires_at,
                 receive_clearance=clearance,
+                user_id=user_id,
+                role=role,
             )
             session.add(row)
             session.flush()
@@ -127,7 +159,11 @@ class KeyService:
     def has_admin_key(self) -> bool:
         with self._sessions() as session:
             found = session.scalar(
-                select(ApiKeyRow.id).where(ApiKeyRow.is_admin, ApiKeyRow.revoked_at.is_(None))
+                select(ApiKeyRow.id).where(
+                    ApiKeyRow.is_admin,
+                    ApiKeyRow.revoked_at.is_(None),
+                    ApiKeyRow.user_id.is_(None),  # a person's key is only as good as they are
+                )
             )
             return found is not None
 
@@ -172,14 +208,68 @@ class KeyService:
                 raise AuthenticationFailed("Invalid API key.")
             row, workspace = found
             principal = Principal(
-                row.id, row.name, row.workspace_id, workspace, row.is_admin, row.receive_clearance
+                row.id,
+                row.name,
+                row.workspace_id,
+                workspace,
+                row.is_admin,
+                row.receive_clearance,
+                user_id=row.user_id,
+                role=key_role(row.is_admin, row.role),
             )
             cached = (now + CACHE_SECONDS, principal, row.expires_at)
             cache[cache_key] = cached
         _, principal, expires_at = cached
         if expires_at is not None and expires_at <= datetime.now(UTC):
             raise AuthenticationFailed("This API key has expired.", code="expired_api_key")
+        if principal.user_id is not None:
+            return self.as_owner_allows(principal)
         return principal
+
+    def as_owner_allows(self, principal: Principal) -> Principal:
+        """A person's key as far as its owner may act now: the lower of the key's role and
+        the owner's role in its workspace, the owner's groups. Read on every request (not
+        cached), so a lost group or a disabled user stops the key at its next request."""
+        assert principal.user_id is not None
+        owner = self.users.get(principal.user_id)
+        if owner is None or owner.disabled:
+            raise AuthenticationFailed("This key's user is disabled.", code="user_disabled")
+        role = capped(
+            principal.role or "member", self.roles.role_in(owner.groups, principal.workspace)
+        )
+        if role is None:
+            raise AuthenticationFailed(
+                f"{owner.name} no longer has a role in workspace '{principal.workspace}'.",
+                code="no_role",
+            )
+        return replace(principal, role=role, user_name=owner.name, groups=owner.groups)
+
+    def sign_in_key(self, user_id: int, user_name: str, workspace: str) -> int:
+        """The id of the person's sign-in key for a workspace (made on first use).
+
+        Its secret is discarded at once: it is reached only through the person's
+        browser sessions, and always capped at the person's role.
+        """
+        workspace_id = self.ensure_workspace(workspace)
+        with self._sessions() as session:
+            found = session.scalar(
+                select(ApiKeyRow.id).where(
+                    ApiKeyRow.user_id == user_id,
+                    ApiKeyRow.workspace_id == workspace_id,
+                    ApiKeyRow.prefix == SIGN_IN_PREFIX,
+                    ApiKeyRow.revoked_at.is_(None),
+                )
+            )
+        if found is not None:
+            return int(found)
+        _, info = self.create(
+            f"sign-in: {user_name}"[:128],
+            workspace=workspace,
+            user_id=user_id,
+            role="admin",
+            prefix=SIGN_IN_PREFIX,
+        )
+        return info.id
 
     def workspaces(self) -> list[tuple[str, int]]:
         """Every workspace with its number of active (not revoked, not expired) keys."""
@@ -254,4 +344,6 @@ class KeyService:
             expires_at=row.expires_at,
             revoked_at=row.revoked_at,
             clearance=row.receive_clearance,
+            user_id=row.user_id,
+            role=key_role(row.is_admin, row.role),
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -138,6 +138,7 @@ def verify(
         audit_head_path(settings),
         checkpoint_file=audit_checkpoint_path(settings),
         keys=keys,
+        shared=settings.cluster.replicas,
     )
     _report(result, "audit log")
 
@@ -169,9 +170,10 @@ def export(
     start = parse_since(since) if since is not None else None
     settings = settings_or_exit(config)
     _, sessions = open_database(settings.resolved_database_url)
-    files = {
+    files: dict[str, Any] = {
         "head_file": audit_head_path(settings),
         "checkpoint_file": audit_checkpoint_path(settings),
+        "shared": settings.cluster.replicas,
     }
     if output is None:
         count = export_jsonl(sessions, sys.stdout, start, **files)

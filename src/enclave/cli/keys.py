@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from enclave.auth.keys import KeyService
+from enclave.auth.roles import ROLES
 from enclave.cli.common import ConfigOption, settings_or_exit
 from enclave.errors import EnclaveError
 from enclave.storage.db import open_database
@@ -50,12 +51,22 @@ def create(
         str | None,
         typer.Option(help="The highest class the key may receive on /mcp and the query API."),
     ] = None,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="member, builder or admin (docs/identity.md); default: admin with --admin, "
+            "else builder."
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Create a key and print its secret once.
 
     Example: enclave keys create analyst-laptop --workspace default --expires-in-days 90
     """
+    if role is not None and role not in ROLES:
+        typer.echo(f"Unknown role '{role}'; known: {', '.join(ROLES)}.", err=True)
+        raise typer.Exit(2)
     expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
     secret, info = _service(config).create(
         name,
@@ -63,6 +74,7 @@ def create(
         is_admin=admin,
         expires_at=expires,
         clearance=_class_name(config, clearance),
+        role=role,
     )
     typer.echo(f"Created key {info.id} '{info.name}' in workspace '{info.workspace}'.", err=True)
     typer.echo("The secret is shown only now:", err=True)

@@ -143,6 +143,15 @@ def add(
     metadata: Annotated[
         str | None, typer.Option(help='JSON metadata for filters, e.g. \'{"dept": "hr"}\'.')
     ] = None,
+    groups: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Only members of these groups may read the documents (comma-separated, "
+                "e.g. hr-partners,payroll; a builder or admin). '' makes them readable by everyone."
+            )
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Follow ingestion until every document ends.")
     ] = True,
@@ -157,6 +166,8 @@ def add(
       enclave knowledge add hr-policies ./docs --include '*.pdf' --include '*.md'
 
       enclave knowledge add hr-policies handbook.docx https://intranet.example/leave.html
+
+      enclave knowledge add hr-policies salaries-2026.pdf --groups hr-partners
 
     The exit status is 1 if any document failed.
     """
@@ -175,7 +186,9 @@ def add(
         task = progress.add_task("uploading", total=len(items))
         for name, source in items:
             progress.update(task, description=f"uploading {name}")
-            outcomes[name] = _upload(client, knowledge_base, name, source, classification, metadata)
+            outcomes[name] = _upload(
+                client, knowledge_base, name, source, classification, metadata, groups
+            )
             document = outcomes[name]
             if document["outcome"] == "unchanged":
                 progress.console.print(f"  [dim]unchanged[/]  {name}")
@@ -194,15 +207,20 @@ def _upload(
     source: Path | str,
     classification: str | None,
     metadata: str | None,
+    groups: str | None = None,
 ) -> dict[str, Any]:
     path = f"/api/knowledge/{knowledge_base}/documents"
     if isinstance(source, str):
-        body = {"url": source, "classification": classification}
+        body: dict[str, Any] = {"url": source, "classification": classification}
         if metadata:
             body["metadata"] = json.loads(metadata)
+        if groups is not None:
+            body["groups"] = [group for group in groups.split(",") if group.strip()]
         answer = client.call("POST", path, json=body)
     else:
         fields = {"classification": classification or "", "metadata": metadata or ""}
+        if groups is not None:  # present but empty: readable by everyone again
+            fields["groups"] = groups
         with source.open("rb") as handle:
             answer = client.call("POST", path, files={"file": (name, handle)}, data=fields)
     result: dict[str, Any] = answer["data"][0]
@@ -304,7 +322,7 @@ def list_(
                 base["description"],
             )
     else:
-        table = plain_table("ID", "NAME", "STATUS", "CHUNKS", "PAGES", "CLASS", "REASON")
+        table = plain_table("ID", "NAME", "STATUS", "CHUNKS", "PAGES", "CLASS", "GROUPS", "REASON")
         for document in data:
             running = document["status"] not in TERMINAL
             table.add_row(
@@ -315,6 +333,7 @@ def list_(
                 progress_text(document) if running else str(document["chunks"]),
                 str(document["pages"] or ""),
                 document["classification"],
+                ",".join(document.get("groups") or []),
                 document["reason"] or "",
             )
     console.print(table)

@@ -10,6 +10,7 @@ from enclave.cli import (
     apps,
     audit,
     config,
+    db,
     deployments,
     keys,
     knowledge,
@@ -38,6 +39,7 @@ app.command("serve")(serve.serve)
 app.command("runner")(runner.runner)
 app.add_typer(keys.app, name="keys")
 app.add_typer(config.app, name="config")
+app.add_typer(db.app, name="db")
 app.add_typer(providers.app, name="providers")
 app.add_typer(audit.app, name="audit")
 app.add_typer(usage.app, name="usage")

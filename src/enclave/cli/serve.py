@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -51,20 +53,60 @@ def serve(
     models = ", ".join(model.name for provider in settings.providers for model in provider.models)
     typer.echo(f"Enclave is starting (home: {settings.home})")
     typer.echo(f"  loading models: {models or 'none'}")
-    server = uvicorn.Server(
+    server = DrainingServer(
         uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
             access_log=settings.log_level == "debug",
-            timeout_graceful_shutdown=5,
-        )
+            timeout_graceful_shutdown=max(1, round(settings.cluster.grace_s)),
+        ),
+        app=app,
+        drain_s=settings.cluster.drain_s,
     )
     threading.Thread(
         target=announce_when_ready, args=(server, base), name="announce", daemon=True
     ).start()
     server.run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with the stop Kubernetes expects.
+
+    SIGTERM: ``/readyz`` answers 503 ("draining") for ``cluster.drain_s``
+    seconds while requests are still served, so the load balancer takes this
+    replica out; then the listening socket closes and requests in flight
+    (streams included) get ``cluster.grace_s`` seconds to finish. SIGINT
+    (Ctrl-C) skips the drain; a second signal stops at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, app: Any, drain_s: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._drain_s = drain_s
+        self._drain_timer: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        draining = self._drain_timer is not None
+        if sig != signal.SIGTERM or self._drain_s <= 0 or draining or self.should_exit:
+            if draining and not self.should_exit:
+                self._drain_timer.cancel()  # type: ignore[union-attr]
+                self.should_exit = True
+                return
+            super().handle_exit(sig, frame)
+            return
+        self._captured_signals.append(sig)
+        self._app.state.draining = True
+        logging.getLogger(__name__).warning(
+            "SIGTERM: draining for %.0f s (readiness 503), then stopping", self._drain_s
+        )
+        self._drain_timer = threading.Timer(self._drain_s, self._stop_after_drain)
+        self._drain_timer.daemon = True
+        self._drain_timer.start()
+
+    def _stop_after_drain(self) -> None:
+        self.should_exit = True
 
 
 def announce_when_ready(server: uvicorn.Server, base: str, every_s: float = 5.0) -> None:

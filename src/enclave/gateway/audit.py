@@ -90,9 +90,27 @@ inserted while the server was stopped), the writer signs those entries in an
 start a new log on purpose, archive and remove the table's rows, the head file
 and the checkpoint file.
 
-Only one writing process per database is supported: the writer keeps the last
-``seq`` and hash in memory (reading them from the database when it starts),
-so two servers on one database would fork the chain.
+Replicas (``cluster.replicas: true``, Postgres). Several servers append to
+one chain: each batch locks the single row of ``audit_chain_head`` (``SELECT
+... FOR UPDATE``), reads the newest entry, chains its records after it and
+stores the signed head in that row, all in the batch's transaction, so
+appends are serialised in Postgres while group commit keeps them few. Every
+replica signs with the same key (``audit.signing_key`` is required). The
+signed head and the checkpoints live in the database (``audit_chain_head``,
+``audit_checkpoints``) rather than in one replica's files, and each
+checkpoint is also logged at INFO for log shipping; ``verify_chain(...,
+shared=True)`` reads them there. Each intent names its replica; when a
+replica stops heartbeating (``cluster.py``), another one chains its intents as
+``interrupted`` (``sweep``), deleting them under the same lock, so an intent is
+chained once whoever sweeps it. A replica paused longer than
+``cluster.member_timeout_s`` mid-request would get its request recorded twice
+(``interrupted`` by a sweeper, then its own outcome); keep the timeout well
+above the longest pause.
+
+Without ``cluster.replicas`` only one writing process per database is
+supported: the writer keeps the last ``seq`` and hash in memory (reading them
+from the database when it starts), so two servers on one database would fork
+the chain.
 """
 
 from __future__ import annotations
@@ -107,20 +125,26 @@ import threading
 import time as clock
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from enclave.errors import ConfigError
 from enclave.gateway.audit_keys import AuditSigner, TrustedKeys, check_signature
 from enclave.gateway.usage import UsageRecord, insert_usage
 from enclave.storage.batch_writer import BatchWriter, describe_failure
-from enclave.storage.models import AuditEntryRow, AuditIntentRow
+from enclave.storage.models import (
+    AuditChainHeadRow,
+    AuditCheckpointRow,
+    AuditEntryRow,
+    AuditIntentRow,
+)
 
 if TYPE_CHECKING:
     from enclave.settings import Settings
@@ -131,6 +155,8 @@ GENESIS_HASH = "0" * 64
 # Core inserts: the ORM's per-row bookkeeping would double the writer's CPU time.
 AUDIT_TABLE = AuditEntryRow.metadata.tables["audit_log"]
 INTENT_TABLE = AuditIntentRow.metadata.tables["audit_intents"]
+HEAD_TABLE = AuditChainHeadRow.metadata.tables["audit_chain_head"]
+CHECKPOINT_TABLE = AuditCheckpointRow.metadata.tables["audit_checkpoints"]
 # The longest the signed head trails the newest commit (while the server runs).
 HEAD_LAG_S = 0.05
 # The outcome of an entry recovered from an intent: the request was in flight.
@@ -175,6 +201,7 @@ class AuditRecord:
     prompt_text: str | None = None  # only when the workspace opts in
     response_text: str | None = None
     intent: str | None = None  # the intent this entry completes (deleted with its insert)
+    user_id: int | None = None  # the person behind the key (auth/users.py); None: a service
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +211,7 @@ class _Intent:
     id: str
     time: datetime
     payload: str
+    replica: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +286,7 @@ def _entry(record: AuditRecord) -> dict[str, Any]:
     return {
         "time": iso_utc(record.time),
         "key_id": None if record.key_id is None else int(record.key_id),
+        "user_id": None if record.user_id is None else int(record.user_id),
         # Truncated to the indexed columns' widths, so that column and entry agree.
         "workspace": str(record.workspace)[:64],
         "endpoint": record.endpoint,
@@ -433,6 +462,44 @@ def _read_signed_head(path: Path) -> Checkpoint | None:
         raise ValueError(f"the head file {path} {exc}") from None
 
 
+def _parse_stored(text: str | None, what: str) -> Checkpoint | None:
+    """A signed record stored in the database; None (logged) if absent or unreadable."""
+    if text is None:
+        return None
+    try:
+        return Checkpoint.parse(json.loads(text))
+    except ValueError as exc:
+        log.error("audit log: %s in the database is unreadable (%s)", what, exc)
+        return None
+
+
+def _read_shared_head(sessions: sessionmaker[Session]) -> Any:
+    """The shared chain's signed head as stored (JSON), or None. ValueError if unreadable."""
+    with sessions() as session:
+        text = session.scalar(select(HEAD_TABLE.c.signed).where(HEAD_TABLE.c.id == 1))
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError("the signed head in audit_chain_head is not JSON") from exc
+
+
+def _shared_checkpoints(sessions: sessionmaker[Session]) -> Iterator[tuple[int, Checkpoint | str]]:
+    """(row id, checkpoint) from ``audit_checkpoints`` in seq order, or what is wrong."""
+    with sessions() as session:
+        rows = session.execute(
+            select(CHECKPOINT_TABLE.c.id, CHECKPOINT_TABLE.c.record).order_by(
+                CHECKPOINT_TABLE.c.seq, CHECKPOINT_TABLE.c.id
+            )
+        ).all()
+    for row in rows:
+        try:
+            yield row.id, Checkpoint.parse(json.loads(row.record))
+        except ValueError as exc:
+            yield row.id, str(exc) if "JSON" not in type(exc).__name__ else "is not JSON"
+
+
 def _write_file_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
@@ -518,8 +585,20 @@ class AuditLog:
         checkpoint_interval_s: float = 60.0,
         checkpoint_entries: int = 1000,
         trusted_keys: TrustedKeys | None = None,
+        shared: bool = False,
+        replica: str | None = None,
+        live_replicas: Callable[[], list[str]] | None = None,
     ) -> None:
         self._sessions = sessions
+        # Replicas: one chain locked in the database (see the module docstring).
+        self.shared = shared
+        self.replica = replica
+        self._live_replicas = live_replicas
+        # Intents of dead replicas queued by sweep() and not yet chained.
+        self._sweeping: set[str] = set()
+        self._sweep_lock = threading.Lock()
+        if shared and signer is None:
+            raise ConfigError("a shared audit chain needs a signing key")
         self.head_file = head_file
         self.signer = signer
         self.checkpoint_file = checkpoint_file
@@ -553,23 +632,41 @@ class AuditLog:
         )
 
     @classmethod
-    def from_settings(cls, sessions: sessionmaker[Session], settings: Settings) -> AuditLog:
+    def from_settings(
+        cls,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        *,
+        replica: str | None = None,
+        live_replicas: Callable[[], list[str]] | None = None,
+    ) -> AuditLog:
         """The server's log: head and checkpoints under ``home``, signed with the configured key.
 
         Creates ``<home>/audit-signing-key.pem`` when no key is configured and
-        none exists yet. ConfigError when the key cannot be read.
+        none exists yet. ConfigError when the key cannot be read. With
+        ``cluster.replicas`` the chain is shared (head and checkpoints in the
+        database) and the key must be configured: every replica signs with it.
         """
         from enclave.gateway.audit_keys import load_public_key_files, signer_from_settings
 
+        shared = settings.cluster.replicas
+        if shared and settings.audit.signing_key is None:
+            raise ConfigError(
+                "cluster.replicas needs audit.signing_key: every replica signs the one audit "
+                "chain with the same key (create it with `enclave audit keygen`)"
+            )
         signer = signer_from_settings(settings, create=True)
         return cls(
             sessions,
-            head_file=audit_head_path(settings),
+            head_file=None if shared else audit_head_path(settings),
             signer=signer,
-            checkpoint_file=audit_checkpoint_path(settings),
+            checkpoint_file=None if shared else audit_checkpoint_path(settings),
             checkpoint_interval_s=settings.audit.checkpoint_interval_s,
             checkpoint_entries=settings.audit.checkpoint_entries,
             trusted_keys=load_public_key_files(settings.audit.trusted_public_keys),
+            shared=shared,
+            replica=replica,
+            live_replicas=live_replicas,
         )
 
     def start(self) -> None:
@@ -579,6 +676,10 @@ class AuditLog:
         first request, so that entries a crash left past the signed head (their
         commit landed, the head's rewrite did not) are adopted at start-up.
         """
+        if self.shared:
+            self.sweep()
+            self._writer.start()
+            return
         self._recover_intents()
         if self._tail is None:
             try:
@@ -608,7 +709,7 @@ class AuditLog:
             replace(record, outcome=INTERRUPTED, status=0, intent=None)
         )
         await self._writer.commit(
-            _Intent(intent_id, datetime.fromisoformat(entry["time"]), payload)
+            _Intent(intent_id, datetime.fromisoformat(entry["time"]), payload, self.replica)
         )
         return intent_id
 
@@ -667,6 +768,9 @@ class AuditLog:
                 self._head_wake.notify()
             thread.join(timeout)
         self._update_head()
+        if self.shared:
+            self._shared_shutdown_checkpoint()
+            return
         if self.signer is None or self._tail is None or self._tail[0] == 0:
             return
         last = self._last_checkpoint
@@ -678,8 +782,34 @@ class AuditLog:
             except OSError as exc:
                 log.error("audit log: could not write the shutdown checkpoint (%s)", exc)
 
+    def _shared_shutdown_checkpoint(self) -> None:
+        """A ``shutdown`` checkpoint of the shared chain's newest entry, if this replica wrote."""
+        if self.signer is None or self._tail is None or self._tail[0] == 0:
+            return
+        try:
+            with self._sessions.begin() as session:
+                session.execute(
+                    select(HEAD_TABLE.c.id).where(HEAD_TABLE.c.id == 1).with_for_update()
+                )
+                last = session.execute(
+                    select(AuditEntryRow.seq, AuditEntryRow.hash)
+                    .order_by(AuditEntryRow.seq.desc())
+                    .limit(1)
+                ).first()
+                if last is None:
+                    return
+                checkpoint = Checkpoint.sign(self.signer, last.seq, last.hash, "shutdown")
+                session.execute(
+                    insert(CHECKPOINT_TABLE).values(seq=checkpoint.seq, record=checkpoint.to_json())
+                )
+            log.info("audit checkpoint %s", checkpoint.to_json())
+        except Exception as exc:
+            log.error("audit log: could not write the shutdown checkpoint (%s)", exc)
+
     def verify(self) -> VerifyResult:
         """``verify_chain`` with this log's files and keys (unsigned if it has no signer)."""
+        if self.shared:
+            return verify_chain(self._sessions, keys=self.trusted_keys, shared=True)
         return verify_chain(
             self._sessions,
             self.head_file,
@@ -713,18 +843,220 @@ class AuditLog:
             return head
         return tail
 
-    def _write_batch(self, batch: list[_Item]) -> None:
+    def sweep(self) -> int:
+        """Queue the intents of replicas that stopped heartbeating as ``interrupted`` entries.
+
+        Shared chains only; called at start and after every heartbeat. Returns
+        how many were queued. The writer chains each one only if its intent is
+        still there under the head's lock, so two replicas sweeping the same
+        dead replica chain it once.
+        """
+        if not self.shared:
+            return 0
+        live = set(self._live_replicas() if self._live_replicas else [])
+        if self.replica is not None:
+            live.add(self.replica)
+        try:
+            with self._sessions() as session:
+                rows = session.execute(
+                    select(INTENT_TABLE.c.id, INTENT_TABLE.c.payload, INTENT_TABLE.c.replica)
+                    .order_by(INTENT_TABLE.c.time, INTENT_TABLE.c.id)
+                    .limit(10_000)
+                ).all()
+        except Exception as exc:
+            log.error("audit log: could not read the intents (%s)", describe_failure(exc))
+            return 0
+        queued = 0
+        with self._sweep_lock:
+            for row in rows:
+                if row.replica in live or row.id in self._sweeping:
+                    continue
+                self._sweeping.add(row.id)
+                self._writer.put(_Interrupted(row.id, row.payload))
+                queued += 1
+        if queued:
+            log.warning(
+                "audit log: %d request(s) were in flight on replicas that stopped; "
+                "recording them as interrupted",
+                queued,
+            )
+        return queued
+
+    @staticmethod
+    def _split(
+        batch: list[_Item],
+    ) -> tuple[list[dict[str, Any]], list[UsageRecord], list[AuditRecord | _Interrupted]]:
         intents: list[dict[str, Any]] = []
         usage: list[UsageRecord] = []
-        completed: list[str] = []
         records: list[AuditRecord | _Interrupted] = []
         for item in batch:
             if isinstance(item, _Intent):
-                intents.append({"id": item.id, "time": item.time, "payload": item.payload})
+                intents.append(
+                    {
+                        "id": item.id,
+                        "time": item.time,
+                        "payload": item.payload,
+                        "replica": item.replica,
+                    }
+                )
             elif isinstance(item, UsageRecord):
                 usage.append(item)
             else:
                 records.append(item)
+        return intents, usage, records
+
+    @staticmethod
+    def _chain(
+        records: list[AuditRecord | _Interrupted], tail: tuple[int, str]
+    ) -> tuple[list[dict[str, Any]], list[str], tuple[int, str]]:
+        """Rows for ``records`` chained after ``tail``, the intents they complete, the new tail."""
+        seq, prev_hash = tail
+        rows: list[dict[str, Any]] = []
+        completed: list[str] = []
+        for record in records:
+            seq += 1
+            if isinstance(record, _Interrupted):
+                entry, payload = _interrupted_entry(record)
+                completed.append(record.id)
+            else:
+                entry, payload = _entry_or_placeholder(record)
+                if record.intent is not None:
+                    completed.append(record.intent)
+            digest = entry_hash(prev_hash, seq, payload)
+            rows.append(
+                {
+                    "seq": seq,
+                    "time": datetime.fromisoformat(entry["time"]),
+                    "workspace": entry["workspace"],
+                    "key_id": entry["key_id"],
+                    "outcome": entry["outcome"],
+                    "payload": payload,
+                    "prev_hash": prev_hash,
+                    "hash": digest,
+                }
+            )
+            prev_hash = digest
+        return rows, completed, (seq, prev_hash)
+
+    def _write_shared_batch(self, batch: list[_Item]) -> None:
+        """One batch of a shared chain: lock the head row, chain after the newest entry,
+        sign the head (and a checkpoint when due) in the same transaction."""
+        assert self.signer is not None
+        intents, usage, records = self._split(batch)
+        checkpoint: Checkpoint | None = None
+        with self._sessions() as session:
+            if self._attempt is not None:
+                # The last attempt reported an error: did it commit anyway? Its first
+                # entry's hash is unique to it (it covers everything before).
+                first_seq, first_hash = self._attempt
+                landed = session.scalar(
+                    select(AuditEntryRow.hash).where(AuditEntryRow.seq == first_seq)
+                )
+                self._attempt = None
+                if landed == first_hash:
+                    self._done_sweeping(records)
+                    return
+            head_row = session.execute(
+                select(HEAD_TABLE.c.signed).where(HEAD_TABLE.c.id == 1).with_for_update()
+            ).first()
+            if head_row is None:  # the migration inserts it; someone deleted it
+                session.execute(insert(HEAD_TABLE).values(id=1, signed=None))
+            head = _parse_stored(head_row.signed if head_row else None, "the signed head")
+            last = session.execute(
+                select(AuditEntryRow.seq, AuditEntryRow.hash)
+                .order_by(AuditEntryRow.seq.desc())
+                .limit(1)
+            ).first()
+            tail: tuple[int, str] = (last.seq, last.hash) if last is not None else (0, GENESIS_HASH)
+            if head is not None and head.seq > tail[0]:
+                log.error(
+                    "audit log: the database ends at entry %d but the signed head records %d; "
+                    "entries were deleted. Continuing after %d; run `enclave audit verify`.",
+                    tail[0],
+                    head.seq,
+                    head.seq,
+                )
+                tail = (head.seq, head.hash)
+            covered = head.seq if head is not None else 0
+            adopted: Checkpoint | None = None
+            if tail[0] > covered:
+                # Entries no signed head covers: written before the chain was shared.
+                adopted = Checkpoint.sign(self.signer, tail[0], tail[1], "adopted", covered)
+                session.execute(
+                    insert(CHECKPOINT_TABLE).values(seq=adopted.seq, record=adopted.to_json())
+                )
+            swept = [record.id for record in records if isinstance(record, _Interrupted)]
+            if swept:
+                present = set(
+                    session.scalars(select(INTENT_TABLE.c.id).where(INTENT_TABLE.c.id.in_(swept)))
+                )
+                records = [
+                    record
+                    for record in records
+                    if not isinstance(record, _Interrupted) or record.id in present
+                ]
+            rows, completed, new_tail = self._chain(records, tail)
+            if intents:
+                session.execute(insert(INTENT_TABLE), intents)
+            if rows:
+                session.execute(insert(AUDIT_TABLE), rows)
+                self._attempt = (rows[0]["seq"], rows[0]["hash"])
+            if completed:
+                session.execute(delete(INTENT_TABLE).where(INTENT_TABLE.c.id.in_(completed)))
+            insert_usage(session, usage)
+            if rows or adopted is not None or head is None:
+                if self._shared_checkpoint_due(new_tail[0]):
+                    kind = "periodic" if self._last_checkpoint_at is not None else "start"
+                    checkpoint = Checkpoint.sign(self.signer, *new_tail, kind)
+                    session.execute(
+                        insert(CHECKPOINT_TABLE).values(
+                            seq=checkpoint.seq, record=checkpoint.to_json()
+                        )
+                    )
+                signed_head = Checkpoint.sign(self.signer, *new_tail, "head")
+                session.execute(
+                    update(HEAD_TABLE)
+                    .where(HEAD_TABLE.c.id == 1)
+                    .values(signed=signed_head.to_json())
+                )
+            session.commit()
+        self._attempt = None
+        self._tail = new_tail
+        self._done_sweeping(records)
+        if adopted is not None:
+            log.error(
+                "audit log: entries %d to %d were not covered by the shared signed head "
+                "(written before the chain was shared); signed them now",
+                covered + 1,
+                adopted.seq,
+            )
+        if checkpoint is not None:
+            self._last_checkpoint = checkpoint
+            self._last_checkpoint_at = clock.monotonic()
+            log.info("audit checkpoint %s", checkpoint.to_json())
+
+    def _done_sweeping(self, records: list[AuditRecord | _Interrupted]) -> None:
+        if not self._sweeping:
+            return
+        with self._sweep_lock:
+            for record in records:
+                if isinstance(record, _Interrupted):
+                    self._sweeping.discard(record.id)
+
+    def _shared_checkpoint_due(self, seq: int) -> bool:
+        last = self._last_checkpoint
+        if last is None or self._last_checkpoint_at is None:
+            return True
+        return (
+            seq - last.seq >= self._checkpoint_entries
+            or clock.monotonic() - self._last_checkpoint_at >= self._checkpoint_interval
+        )
+
+    def _write_batch(self, batch: list[_Item]) -> None:
+        if self.shared:
+            self._write_shared_batch(batch)
+            return
+        intents, usage, records = self._split(batch)
         with self._sessions() as session:
             if self._tail is None:
                 self._tail = self._load_tail(session)
@@ -738,32 +1070,8 @@ class AuditLog:
                         self._open_series()
                     except OSError as exc:  # tried again on the next batch
                         log.error("audit log: could not write a checkpoint (%s)", exc)
-            seq, prev_hash = self._tail
-            rows = []
-            for record in records:
-                seq += 1
-                if isinstance(record, _Interrupted):
-                    entry, payload = _interrupted_entry(record)
-                    completed.append(record.id)
-                else:
-                    entry, payload = _entry_or_placeholder(record)
-                    if record.intent is not None:
-                        completed.append(record.intent)
-                digest = entry_hash(prev_hash, seq, payload)
-                rows.append(
-                    {
-                        "seq": seq,
-                        "time": datetime.fromisoformat(entry["time"]),
-                        "workspace": entry["workspace"],
-                        "key_id": entry["key_id"],
-                        "outcome": entry["outcome"],
-                        "payload": payload,
-                        "prev_hash": prev_hash,
-                        "hash": digest,
-                    }
-                )
-                prev_hash = digest
-            self._attempt = (seq, prev_hash) if rows else None
+            rows, completed, attempt = self._chain(records, self._tail)
+            self._attempt = attempt if rows else None
             try:
                 if intents:
                     session.execute(insert(INTENT_TABLE), intents)
@@ -1075,6 +1383,7 @@ def verify_chain(
     *,
     checkpoint_file: Path | None = None,
     keys: TrustedKeys | None = None,
+    shared: bool = False,
 ) -> VerifyResult:
     """Recompute the chain in seq order and name the first thing that is wrong.
 
@@ -1082,30 +1391,81 @@ def verify_chain(
     ``keys`` (key id -> public key), the head file and the checkpoints must be
     signed by one of them and the log must match every signed hash; without,
     only the chain and the (unsigned) head are checked, which someone with
-    write access to the database and the head file can forge.
+    write access to the database and the head file can forge. ``shared``: the
+    chain of replicas, whose signed head and checkpoints are in the database
+    (``head_file`` and ``checkpoint_file`` are not read; ``keys`` is needed).
     """
+    if shared:
+        if keys is None:
+            return VerifyResult(False, 0, None, "a shared chain is checked with its public keys")
+        return _verify_signed(
+            sessions,
+            keys,
+            checkpoints=(
+                (f"checkpoint {number} in audit_checkpoints", item)
+                for number, item in _shared_checkpoints(sessions)
+            ),
+            need_checkpoint=("audit_checkpoints", "the checkpoints were"),
+            read_head=lambda: _read_shared_head(sessions),
+            head_name="the signed head in audit_chain_head",
+        )
     if keys is None:
         return _verify_unsigned(sessions, head_file)
+    return _verify_signed(
+        sessions,
+        keys,
+        checkpoints=(
+            (f"checkpoint line {number} of {checkpoint_file}", item)
+            for number, item in (read_checkpoints(checkpoint_file) if checkpoint_file else ())
+        ),
+        need_checkpoint=(
+            (str(checkpoint_file), "the checkpoint file was")
+            if checkpoint_file is not None
+            else None
+        ),
+        read_head=(lambda: _read_head_record(head_file)) if head_file is not None else None,
+        head_name=f"the head file {head_file}",
+    )
+
+
+def _verify_signed(
+    sessions: sessionmaker[Session],
+    keys: TrustedKeys,
+    *,
+    checkpoints: Iterable[tuple[str, Checkpoint | str]],
+    need_checkpoint: tuple[str, str] | None,
+    read_head: Callable[[], Any] | None,
+    head_name: str,
+) -> VerifyResult:
+    """``verify_chain`` with keys, wherever the checkpoints and the head are kept."""
     signed = _Signed()
     # Checkpoints, then the head, then the table: the writer commits entries, then appends
     # a checkpoint, then rewrites the head, so everything read first is covered by what
     # is read after it.
-    if checkpoint_file is not None:
-        for number, item in read_checkpoints(checkpoint_file):
-            where = f"checkpoint line {number} of {checkpoint_file}"
-            if isinstance(item, str):
-                return VerifyResult(False, 0, None, f"{where} {item}")
-            problem = signed.add(item, keys, where)
-            if problem is not None:
-                return VerifyResult(False, 0, None, problem)
-    head: Checkpoint | None = None
-    if head_file is not None:
+    for where, item in checkpoints:
+        if isinstance(item, str):
+            return VerifyResult(False, 0, None, f"{where} {item}")
+        problem = signed.add(item, keys, where)
+        if problem is not None:
+            return VerifyResult(False, 0, None, problem)
+
+    def signed_head() -> Checkpoint | None:
+        record = read_head() if read_head is not None else None
+        if record is None:
+            return None
         try:
-            head = _read_signed_head(head_file)
+            return Checkpoint.parse(record)
+        except ValueError as exc:
+            raise ValueError(f"{head_name} {exc}") from None
+
+    head: Checkpoint | None = None
+    if read_head is not None:
+        try:
+            head = signed_head()
         except ValueError as exc:
             return VerifyResult(False, 0, None, str(exc))
         if head is not None:
-            problem = signed.add_head(head, keys, f"the head file {head_file}")
+            problem = signed.add_head(head, keys, head_name)
             if problem is not None:
                 return VerifyResult(False, 0, None, problem)
     check = _ChainCheck(signed.anchors, keep_after=head.seq if head else 0)
@@ -1133,31 +1493,34 @@ def verify_chain(
                 "(tail deleted)",
             )
     if check.entries:
-        if head_file is None or head is None:
+        if read_head is None or head is None:
             return check.fail(
                 None,
-                f"the head file {head_file} is missing while the log has {check.entries} "
+                f"{head_name} is missing while the log has {check.entries} "
                 "entries (deleted, or replaced by an empty log's)",
             )
-        if checkpoint_file is not None and signed.last is None:
+        if need_checkpoint is not None and signed.last is None:
             return check.fail(
                 None,
-                f"there is no signed checkpoint in {checkpoint_file} while the log has "
-                f"{check.entries} entries (the checkpoint file was deleted)",
+                f"there is no signed checkpoint in {need_checkpoint[0]} while the log has "
+                f"{check.entries} entries ({need_checkpoint[1]} deleted)",
             )
         if last_seq > head.seq:
-            failure = _covered_by_a_newer_head(check, head_file, keys, head)
+            failure = _covered_by_a_newer_head(check, signed_head, keys, head)
             if failure is not None:
                 return failure
     return _ok(check, signed, signed.notes, "chain intact, signed head and checkpoints match")
 
 
 def _covered_by_a_newer_head(
-    check: _ChainCheck, head_file: Path, keys: TrustedKeys, head: Checkpoint
+    check: _ChainCheck,
+    read_head: Callable[[], Checkpoint | None],
+    keys: TrustedKeys,
+    head: Checkpoint,
 ) -> VerifyResult | None:
     """Entries after the head read at the start: fine if the head has moved over them since."""
     try:
-        newer = _read_signed_head(head_file)
+        newer = read_head()
     except ValueError:
         newer = None
     if (
@@ -1232,6 +1595,7 @@ def export_jsonl(
     *,
     head_file: Path | None = None,
     checkpoint_file: Path | None = None,
+    shared: bool = False,
 ) -> int:
     """Write the log as JSON Lines for ``verify_export``; return the number of entries written.
 
@@ -1244,19 +1608,26 @@ def export_jsonl(
     in seq order, so the export is one unbroken piece of the chain; entries
     after the head (being written, or added without the key) are left out.
     Without a head file every entry is written. Split on ``\\n`` only:
-    entries may contain other Unicode line separators.
+    entries may contain other Unicode line separators. ``shared``: the chain
+    of replicas, whose head and checkpoints are read from the database.
     """
     checkpoints: list[Checkpoint] = []
-    if checkpoint_file is not None:
+    if shared:
+        checkpoints = [
+            item for _, item in _shared_checkpoints(sessions) if not isinstance(item, str)
+        ]
+    elif checkpoint_file is not None:
         checkpoints = [
             item for _, item in read_checkpoints(checkpoint_file) if not isinstance(item, str)
         ]
     head_record: Any = None
-    if head_file is not None:
-        try:
+    try:
+        if shared:
+            head_record = _read_shared_head(sessions)
+        elif head_file is not None:
             head_record = _read_head_record(head_file)
-        except ValueError:
-            head_record = None
+    except ValueError:
+        head_record = None
     head_seq = head_record.get("seq") if isinstance(head_record, dict) else None
     with sessions() as session:
         first_seq = 1

@@ -30,6 +30,7 @@ LISTED_FIELDS = (
     "time",
     "workspace",
     "key_id",
+    "user_id",
     "endpoint",
     "requested_model",
     "classification",

@@ -75,9 +75,21 @@ same state in Redis for several replicas; admit and settle are each one Lua
 script, so one round trip and atomic across processes. It reads time from
 the replica's clock, so replicas' clocks should agree (NTP) to well under a
 second. On Redis Cluster every subject's keys must share a slot: give a
-prefix with a hash tag, such as ``{enclave}:limits:``. If Redis cannot be
-reached the request fails with 503 (fail closed). :func:`limiter_from_url`
+prefix with a hash tag, such as ``{enclave}:limits:``. :func:`limiter_from_url`
 picks the backend from the ``limiter_url`` setting.
+
+Failing closed. With several replicas the limits hold only if every replica
+counts in the same Redis, so a replica that cannot reach it admits nothing:
+``admit`` raises :class:`~enclave.errors.ServiceUnavailable` (HTTP 503, code
+``limiter_unavailable``, ``Retry-After: 1``), never a silent pass. A Redis that
+is down refuses connections at once; one that hangs is given up on after
+:data:`REDIS_TIMEOUT_S` (a ``socket_timeout`` in the URL's query overrides
+it). The client reconnects by itself, so requests are admitted again as soon
+as Redis is back, with no restart. Redis without persistence forgets the
+counts when it restarts: the windows start again, and budgets count from zero
+until the next seeding (:meth:`Limiter.seed_budget`, at a replica's start).
+A failed ``settle`` is logged by the caller; its reservation's estimate then
+lapses after ``reservation_ttl``.
 """
 
 from __future__ import annotations
@@ -100,6 +112,9 @@ if TYPE_CHECKING:
 
 WINDOW = 60.0
 """Seconds in the sliding window of the per-minute limits."""
+
+REDIS_TIMEOUT_S = 2.0
+"""Seconds a Redis command or connection may take before the request fails closed."""
 
 DEFAULT_RESERVATION_TTL = 900.0
 """Seconds after which an unsettled reservation gives its estimate back."""
@@ -229,6 +244,16 @@ class _Calendar:
         if cached is None or not cached[0] <= now < cached[1]:
             cached = self._cache[period] = period_bounds(period, now)
         return cached
+
+
+def limiter_unreachable() -> ServiceUnavailable:
+    """The 503 of a limiter that cannot count: nothing is admitted without it."""
+    return ServiceUnavailable(
+        "Service unavailable: the rate limiter's store (Redis, limiter_url) cannot be "
+        "reached, so no request is admitted until it is back. Retry shortly.",
+        code="limiter_unavailable",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _refusal(subject: Subject, limit: int, wait: float) -> RateLimited:
@@ -680,7 +705,11 @@ class RedisLimiter(Limiter):
                 "limiter_url points at Redis but the redis package is not installed; "
                 "install it with: pip install 'enclave[redis]'"
             ) from error
-        limiter = cls(redis_asyncio.from_url(url), **options)
+        # Bounded waits: a Redis that hangs fails the request closed instead of holding it.
+        client = redis_asyncio.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+        limiter = cls(client, **options)
         limiter._owns_client = True
         return limiter
 
@@ -713,7 +742,7 @@ class RedisLimiter(Limiter):
         try:
             limit, index, wait = await self._admit_script(keys=keys, args=args)
         except self._redis_error as error:
-            raise ServiceUnavailable("the rate limiter's store is unreachable") from error
+            raise limiter_unreachable() from error
         if limit:
             raise _refusal(active[int(index) - 1], int(limit), float(wait))
         return reservation
@@ -746,7 +775,7 @@ class RedisLimiter(Limiter):
         try:
             await self._settle_script(keys=keys, args=args)
         except self._redis_error as error:
-            raise ServiceUnavailable("the rate limiter's store is unreachable") from error
+            raise limiter_unreachable() from error
 
     async def seed_budget(
         self, subject_kind: str, subject_id: str, tokens_this_period: int
@@ -765,7 +794,7 @@ class RedisLimiter(Limiter):
         try:
             await self._seed_script(keys=[self._base(subject_kind, subject_id) + "st"], args=args)
         except self._redis_error as error:
-            raise ServiceUnavailable("the rate limiter's store is unreachable") from error
+            raise limiter_unreachable() from error
 
     def _rule_args(self, rule: LimitRule, now: float, *, with_requests: bool) -> list[Any]:
         start, end = self._calendar.bounds(rule.budget_period, now)

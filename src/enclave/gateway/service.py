@@ -321,6 +321,7 @@ class _Ledger:
             prompt_text="\n".join(request_texts(call.body)) if keep_text else None,
             response_text=self.response_text if keep_text else None,
             intent=self.intent,
+            user_id=principal.user_id,
         )
 
     async def intend(self, target: Target) -> None:

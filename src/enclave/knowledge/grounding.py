@@ -50,7 +50,7 @@ from enclave.knowledge.conflicts import Disagreement, find_disagreement
 from enclave.knowledge.extractive import Candidate, answerable, choose, extractive_text, rank
 from enclave.knowledge.prompt_markup import MarkupStripper, strip_prompt_markup
 from enclave.knowledge.questions import QuestionIntent, intent
-from enclave.knowledge.service import KnowledgeService, Passage
+from enclave.knowledge.service import KnowledgeService, Passage, Reader
 from enclave.knowledge.text import content_words, sentence_spans
 from enclave.settings import KnowledgeConfig
 from enclave.wire.protocol import ChatCompletionRequest
@@ -344,6 +344,9 @@ class GroundedChat:
             question_text,
             top_k=depth + CHECK_DEPTH,
             threshold=options.threshold,
+            # Only what the asker may read: citations, disagreement and clarifying
+            # options all come from these passages.
+            reader=Reader.of(call.principal),
         )
         question = intent(question_text)
         json_mode = json_answer(body)

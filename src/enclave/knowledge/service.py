@@ -10,6 +10,16 @@ Adding a document stores its bytes and queues an ingestion job
 (:mod:`enclave.knowledge.jobs`); re-adding an unchanged file does nothing.
 Searching returns :class:`Passage` objects: a retrieved chunk with its
 document, class and scores.
+
+A document may be restricted to groups (``knowledge_document_groups``): then
+only a :class:`Reader` in one of them may read it. Every read takes the
+reader: a search passes the restricted documents it may not read to the store
+as excluded, so they are filtered inside the query, before ranking, and never
+take a top-k place; a document or its chunks fetched by id answer 404, the
+same as a missing one. Builders and admins (``Reader.manages``) see a
+restricted document's name and groups in listings, to manage it, but not its
+text. A reader without groups (a key with no user) reads only unrestricted
+documents, and so does any caller that passes no reader.
 """
 
 from __future__ import annotations
@@ -19,19 +29,26 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from enclave.errors import Conflict, InvalidRequest, NotFound, PolicyDenied, ServiceUnavailable
+from enclave.auth.principals import Principal
+from enclave.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PolicyDenied,
+    ServiceUnavailable,
+)
 from enclave.gateway.classification import Levels
 from enclave.gateway.routing import RoutingTable, Target
 from enclave.inference import InferenceService
@@ -40,7 +57,13 @@ from enclave.knowledge.store.base import ChunkRow, Filters, VectorStore
 from enclave.providers.base import EmbedPriority
 from enclave.providers.openai_upstream import OpenAIUpstream
 from enclave.settings import KnowledgeConfig
-from enclave.storage.models import IngestionJobRow, KnowledgeBaseRow, KnowledgeDocumentRow
+from enclave.storage.models import (
+    IngestionJobRow,
+    KnowledgeBaseRow,
+    KnowledgeBlobRow,
+    KnowledgeDocumentGroupRow,
+    KnowledgeDocumentRow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +87,57 @@ class KnowledgeBaseNotFound(NotFound):
 
 class DocumentNotFound(NotFound):
     default_code = "document_not_found"
+
+
+MAX_GROUPS = 50  # groups one document may be restricted to
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """Who reads: the groups whose restricted documents they may read.
+
+    ``manages`` (builders, admins) may also see restricted documents in
+    listings and change their groups, never read their text without a group.
+    ``Reader()`` reads only unrestricted documents.
+    """
+
+    groups: frozenset[str] = frozenset()
+    manages: bool = False
+
+    @classmethod
+    def of(cls, principal: Principal) -> Reader:
+        """The principal as a reader of content (searches, chunks, answers)."""
+        return cls(groups=principal.groups)
+
+    @classmethod
+    def managing(cls, principal: Principal) -> Reader:
+        """The principal in the document listings of ``/api/knowledge``: builders and
+        admins manage the workspace's knowledge."""
+        return cls(groups=principal.groups, manages=principal.role in ("builder", "admin"))
+
+    def may_read(self, restricted_to: Collection[str]) -> bool:
+        return not restricted_to or not self.groups.isdisjoint(restricted_to)
+
+    def may_see(self, restricted_to: Collection[str]) -> bool:
+        return self.manages or self.may_read(restricted_to)
+
+
+def document_groups(groups: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Group names as given (trimmed, each once, sorted); None stays None (unchanged)."""
+    if groups is None:
+        return None
+    cleaned = sorted({str(group).strip() for group in groups} - {""})
+    if len(cleaned) > MAX_GROUPS:
+        raise InvalidRequest(
+            f"A document may be restricted to at most {MAX_GROUPS} groups.", param="groups"
+        )
+    for group in cleaned:
+        if len(group) > 255 or any(ord(ch) < 32 or ch == "," for ch in group):
+            raise InvalidRequest(
+                "A group name has at most 255 characters, no commas or control characters.",
+                param="groups",
+            )
+    return tuple(cleaned)
 
 
 def utc_now() -> datetime:
@@ -121,12 +195,14 @@ class DocumentInfo:
     progress_total: int | None = None  # chunks the running job embeds in all
     chunks_per_s: float | None = None  # its rate so far
     eta_s: float | None = None  # seconds it still needs at that rate
+    groups: tuple[str, ...] = ()  # restricted to these groups; () for everyone
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "knowledge_base": self.knowledge_base,
             "name": self.name,
+            "groups": list(self.groups),
             "status": self.status,
             "reason": self.reason,
             "classification": self.classification,
@@ -289,7 +365,8 @@ class KnowledgeService:
         self.config = config
         self.blob_dir = blob_dir
         blob_dir.mkdir(parents=True, exist_ok=True)
-        self.work_ready = asyncio.Event()  # set when a job is queued; the worker waits on it
+        # Set when a job is queued here; the worker waits on it (and polls for other replicas').
+        self.work_ready = asyncio.Event()
         # Documents being embedded now: document id -> (chunks in all, when embedding began).
         self.embedding: dict[int, tuple[int, float]] = {}
 
@@ -420,7 +497,7 @@ class KnowledgeService:
                 select(IngestionJobRow).where(IngestionJobRow.kb_id == kb_id)
             ).all()
             for job in jobs:
-                self._drop_blob(job.blob_path)
+                self._drop_blob(session, job)
                 session.delete(job)
             session.flush()
             for document in session.scalars(
@@ -434,7 +511,11 @@ class KnowledgeService:
     # -- documents -----------------------------------------------------------
 
     def _document_info(
-        self, row: KnowledgeDocumentRow, base: str, progress: int = 0
+        self,
+        row: KnowledgeDocumentRow,
+        base: str,
+        progress: int = 0,
+        groups: Collection[str] = (),
     ) -> DocumentInfo:
         total, rate, eta = None, None, None
         running = self.embedding.get(row.id)
@@ -466,6 +547,7 @@ class KnowledgeService:
             progress_total=total,
             chunks_per_s=rate,
             eta_s=eta,
+            groups=tuple(sorted(groups)),
         )
 
     def _document_class(self, base: KnowledgeBaseRow, requested: str | None) -> str:
@@ -492,24 +574,31 @@ class KnowledgeService:
         media_type: str | None = None,
         classification: str | None = None,
         metadata: dict[str, Any] | None = None,
+        groups: Sequence[str] | None = None,
+        reader: Reader = Reader(),
     ) -> AddResult:
         """Queue an uploaded file (already on disk, hashed) for ingestion.
 
-        The file is moved under the blob folder, where it waits for its job.
+        Its bytes go into the database with the job (``knowledge_blobs``), where
+        they wait for whichever replica runs it; the file on disk is removed.
         An unchanged file (same name and content as the indexed or queued
-        version) is dropped and nothing happens.
+        version) is dropped and nothing happens, except that ``groups`` (if
+        given) replace the document's groups.
         """
         name = normalise_document_name(name)
         try:
             with self.sessions.begin() as session:
                 base, level, document = self._target(
-                    session, workspace_id, kb_name, name, classification
+                    session, workspace_id, kb_name, name, classification, groups, reader
                 )
                 if document is not None and self._unchanged(session, document, content_hash):
-                    return AddResult(self._document_info(document, base.name), "unchanged")
+                    restricted = self._set_groups(session, document, groups)
+                    info = self._document_info(document, base.name, groups=restricted)
+                    return AddResult(info, "unchanged")
                 document = self._queue_document(
                     session, base, document, name, level, metadata, size_bytes
                 )
+                restricted = self._set_groups(session, document, groups)
                 job = IngestionJobRow(
                     kb_id=base.id,
                     document_id=document.id,
@@ -522,10 +611,9 @@ class KnowledgeService:
                 )
                 session.add(job)
                 session.flush()
-                blob = self.blob_dir / f"job-{job.id}"
-                shutil.move(str(upload), blob)
-                job.blob_path = blob.name
-                info = self._document_info(document, base.name)
+                # In the database, with the job, so whichever replica claims the job can read it.
+                session.add(KnowledgeBlobRow(job_id=job.id, content=upload.read_bytes()))
+                info = self._document_info(document, base.name, groups=restricted)
                 job_id = job.id
         finally:
             upload.unlink(missing_ok=True)
@@ -540,14 +628,17 @@ class KnowledgeService:
         url: str,
         classification: str | None = None,
         metadata: dict[str, Any] | None = None,
+        groups: Sequence[str] | None = None,
+        reader: Reader = Reader(),
     ) -> AddResult:
         """Queue a URL; the job fetches it (behind the SSRF guard) when it runs."""
         name = url.strip()
         with self.sessions.begin() as session:
             base, level, document = self._target(
-                session, workspace_id, kb_name, name, classification
+                session, workspace_id, kb_name, name, classification, groups, reader
             )
             document = self._queue_document(session, base, document, name, level, metadata, 0)
+            restricted = self._set_groups(session, document, groups)
             job = IngestionJobRow(
                 kb_id=base.id,
                 document_id=document.id,
@@ -559,7 +650,8 @@ class KnowledgeService:
             )
             session.add(job)
             session.flush()
-            result = AddResult(self._document_info(document, base.name), "queued", job.id)
+            info = self._document_info(document, base.name, groups=restricted)
+            result = AddResult(info, "queued", job.id)
         self.work_ready.set()
         return result
 
@@ -570,8 +662,16 @@ class KnowledgeService:
         kb_name: str,
         name: str,
         classification: str | None,
+        groups: Sequence[str] | None = None,
+        reader: Reader = Reader(),
     ) -> tuple[KnowledgeBaseRow, str, KnowledgeDocumentRow | None]:
-        """The base a document goes to, its class (checked), and its existing row if any."""
+        """The base a document goes to, its class (checked), and its existing row if any.
+
+        Only a reader who manages the base may set ``groups``, and only one who
+        may see a restricted document may replace it.
+        """
+        if groups is not None and not reader.manages:
+            raise PermissionDenied("Only a builder or an admin may restrict a document to groups.")
         base = self._base_row(session, workspace_id, kb_name)
         level = self._document_class(base, classification)
         self._check_embedding_clearance(level, f"Document '{name}'")
@@ -580,7 +680,61 @@ class KnowledgeService:
                 KnowledgeDocumentRow.kb_id == base.id, KnowledgeDocumentRow.name == name
             )
         )
+        if document is not None and not reader.may_see(self._groups(session, [document.id])):
+            raise PermissionDenied(
+                f"A document named '{name}' is restricted to groups you are not in; "
+                "only they, a builder or an admin may replace it.",
+            )
         return base, level, document
+
+    @staticmethod
+    def _groups(session: Session, document_ids: Collection[int]) -> frozenset[str]:
+        """The groups one document (or any of several) is restricted to."""
+        return frozenset(
+            session.scalars(
+                select(KnowledgeDocumentGroupRow.group_name).where(
+                    KnowledgeDocumentGroupRow.document_id.in_(list(document_ids))
+                )
+            ).all()
+        )
+
+    @staticmethod
+    def _groups_by_document(
+        session: Session, document_ids: Collection[int]
+    ) -> dict[int, frozenset[str]]:
+        found: dict[int, set[str]] = {}
+        for document_id, group in session.execute(
+            select(
+                KnowledgeDocumentGroupRow.document_id, KnowledgeDocumentGroupRow.group_name
+            ).where(KnowledgeDocumentGroupRow.document_id.in_(list(document_ids)))
+        ).all():
+            found.setdefault(document_id, set()).add(group)
+        return {document_id: frozenset(groups) for document_id, groups in found.items()}
+
+    def _set_groups(
+        self, session: Session, document: KnowledgeDocumentRow, groups: Sequence[str] | None
+    ) -> frozenset[str]:
+        """Replace a document's groups (None: keep them); returns them as they now are.
+
+        Runs in the transaction that queues the document, so its chunks are never
+        searchable before its restriction is.
+        """
+        cleaned = document_groups(groups)
+        if cleaned is None:
+            return self._groups(session, [document.id])
+        for row in session.scalars(
+            select(KnowledgeDocumentGroupRow).where(
+                KnowledgeDocumentGroupRow.document_id == document.id
+            )
+        ).all():
+            session.delete(row)
+        session.flush()
+        session.add_all(
+            KnowledgeDocumentGroupRow(document_id=document.id, group_name=group)
+            for group in cleaned
+        )
+        session.flush()
+        return frozenset(cleaned)
 
     @staticmethod
     def _unchanged(session: Session, document: KnowledgeDocumentRow, content_hash: str) -> bool:
@@ -626,7 +780,7 @@ class KnowledgeService:
                     IngestionJobRow.state == "queued",
                 )
             ).all():
-                self._drop_blob(stale.blob_path)
+                self._drop_blob(session, stale)
                 stale.state, stale.reason, stale.blob_path = "failed", "superseded", None
             document.classification = level
             if metadata is not None:
@@ -637,7 +791,11 @@ class KnowledgeService:
         session.flush()
         return document
 
-    def list_documents(self, workspace_id: int, kb_name: str) -> list[DocumentInfo]:
+    def list_documents(
+        self, workspace_id: int, kb_name: str, reader: Reader = Reader()
+    ) -> list[DocumentInfo]:
+        """The base's documents the reader may see (restricted ones only in their groups,
+        or to a reader who manages the base)."""
         with self.sessions() as session:
             base = self._base_row(session, workspace_id, kb_name)
             rows = session.scalars(
@@ -645,8 +803,13 @@ class KnowledgeService:
                 .where(KnowledgeDocumentRow.kb_id == base.id)
                 .order_by(KnowledgeDocumentRow.name)
             ).all()
+            groups = self._groups_by_document(session, [row.id for row in rows])
+            rows = [row for row in rows if reader.may_see(groups.get(row.id, ()))]
             progress = self._progress(session, [row.id for row in rows])
-            return [self._document_info(row, base.name, progress.get(row.id, 0)) for row in rows]
+            return [
+                self._document_info(row, base.name, progress.get(row.id, 0), groups.get(row.id, ()))
+                for row in rows
+            ]
 
     @staticmethod
     def _progress(session: Session, document_ids: list[int]) -> dict[int, int]:
@@ -659,47 +822,111 @@ class KnowledgeService:
         return {document_id: done for document_id, done in rows}
 
     def _document_row(
-        self, session: Session, workspace_id: int, kb_name: str, document_id: int
-    ) -> tuple[KnowledgeBaseRow, KnowledgeDocumentRow]:
+        self,
+        session: Session,
+        workspace_id: int,
+        kb_name: str,
+        document_id: int,
+        reader: Reader,
+        *,
+        content: bool = False,
+    ) -> tuple[KnowledgeBaseRow, KnowledgeDocumentRow, frozenset[str]]:
+        """The document with its groups; 404 for one the reader may not see (``content``:
+        may not read), the same answer as for one that does not exist."""
         base = self._base_row(session, workspace_id, kb_name)
         row = session.get(KnowledgeDocumentRow, document_id)
-        if row is None or row.kb_id != base.id:
+        groups = self._groups(session, [document_id]) if row is not None else frozenset()
+        allowed = reader.may_read(groups) if content else reader.may_see(groups)
+        if row is None or row.kb_id != base.id or not allowed:
             raise DocumentNotFound(
                 f"There is no document {document_id} in knowledge base '{kb_name}'."
             )
-        return base, row
+        return base, row, groups
 
-    def get_document(self, workspace_id: int, kb_name: str, document_id: int) -> DocumentInfo:
+    def get_document(
+        self, workspace_id: int, kb_name: str, document_id: int, reader: Reader = Reader()
+    ) -> DocumentInfo:
         with self.sessions() as session:
-            base, row = self._document_row(session, workspace_id, kb_name, document_id)
+            base, row, groups = self._document_row(
+                session, workspace_id, kb_name, document_id, reader
+            )
             progress = self._progress(session, [row.id])
-            return self._document_info(row, base.name, progress.get(row.id, 0))
+            return self._document_info(row, base.name, progress.get(row.id, 0), groups)
 
     def document_chunks(
-        self, workspace_id: int, kb_name: str, document_id: int, *, offset: int, limit: int
+        self,
+        workspace_id: int,
+        kb_name: str,
+        document_id: int,
+        *,
+        offset: int,
+        limit: int,
+        reader: Reader = Reader(),
     ) -> list[ChunkRow]:
+        """A document's chunks in order, if the reader may read it (else 404)."""
         with self.sessions() as session:
-            base, row = self._document_row(session, workspace_id, kb_name, document_id)
+            base, row, _ = self._document_row(
+                session, workspace_id, kb_name, document_id, reader, content=True
+            )
         return self.store.chunks(base.id, row.id, offset=offset, limit=limit)
 
-    def delete_document(self, workspace_id: int, kb_name: str, document_id: int) -> None:
+    def readable_chunk(self, workspace_id: int, chunk_id: int, reader: Reader) -> ChunkRow | None:
+        """The chunk, if it is in this workspace and the reader may read its document; None
+        for one that does not exist, is another workspace's or is restricted from them."""
+        chunk = self.store.get([chunk_id]).get(chunk_id)
+        if chunk is None:
+            return None
+        with self.sessions() as session:
+            base = session.get(KnowledgeBaseRow, chunk.kb_id)
+            if base is None or base.workspace_id != workspace_id:
+                return None
+            if not reader.may_read(self._groups(session, [chunk.document_id])):
+                return None
+        return chunk
+
+    def set_groups(
+        self,
+        workspace_id: int,
+        kb_name: str,
+        document_id: int,
+        groups: Sequence[str],
+        reader: Reader,
+    ) -> DocumentInfo:
+        """Restrict a document to ``groups`` (empty: to no one in particular, everyone).
+
+        Takes effect on the next search: the store reads no groups, the search does.
+        """
+        if not reader.manages:
+            raise PermissionDenied("Only a builder or an admin may restrict a document to groups.")
+        with self.sessions.begin() as session:
+            base, row, _ = self._document_row(session, workspace_id, kb_name, document_id, reader)
+            restricted = self._set_groups(session, row, groups)
+            progress = self._progress(session, [row.id])
+            return self._document_info(row, base.name, progress.get(row.id, 0), restricted)
+
+    def delete_document(
+        self, workspace_id: int, kb_name: str, document_id: int, reader: Reader = Reader()
+    ) -> None:
         """Delete a document, its chunks and any job for it (a running one stops at its
         next step and discards what it made)."""
         with self.sessions.begin() as session:
-            base, row = self._document_row(session, workspace_id, kb_name, document_id)
+            base, row, _ = self._document_row(session, workspace_id, kb_name, document_id, reader)
             for job in session.scalars(
                 select(IngestionJobRow).where(IngestionJobRow.document_id == row.id)
             ).all():
-                self._drop_blob(job.blob_path)
+                self._drop_blob(session, job)
                 session.delete(job)
             session.flush()
             session.delete(row)
             kb_id = base.id
         self.store.delete_document(kb_id, document_id)
 
-    def _drop_blob(self, blob: str | None) -> None:
-        if blob:
-            (self.blob_dir / blob).unlink(missing_ok=True)
+    def _drop_blob(self, session: Session, job: IngestionJobRow) -> None:
+        """Delete a job's waiting upload: its bytes in the database and any file of a
+        job queued before uploads were kept there."""
+        session.execute(delete(KnowledgeBlobRow).where(KnowledgeBlobRow.job_id == job.id))
+        if job.blob_path:
+            (self.blob_dir / job.blob_path).unlink(missing_ok=True)
 
     # -- search --------------------------------------------------------------
 
@@ -721,11 +948,13 @@ class KnowledgeService:
         mode: Mode = "hybrid",
         documents: Sequence[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        reader: Reader = Reader(),
     ) -> list[Passage]:
         """Hybrid search over the named bases of a workspace; nothing below the threshold.
 
         ``documents`` (names) and ``metadata`` (exact key/value matches)
-        restrict the search to some documents.
+        restrict the search to some documents. Documents the ``reader`` may
+        not read are excluded inside the store's queries, before ranking.
         """
         if not query.strip():
             raise InvalidRequest("The query is empty.", param="query")
@@ -734,6 +963,10 @@ class KnowledgeService:
             kb_ids = [base.id for base in bases]
             names = {base.id: base.name for base in bases}
             filters = self._filters(session, kb_ids, documents, metadata)
+            unreadable = self._unreadable(session, kb_ids, reader)
+        if unreadable:
+            chosen = filters.document_ids if filters else None
+            filters = Filters(document_ids=chosen, excluded_document_ids=unreadable)
         vector = (await self.embedder.embed([query]))[0]
         top_k = top_k or self.config.top_k
         found = await asyncio.to_thread(
@@ -751,18 +984,21 @@ class KnowledgeService:
         if not found:
             return []
         with self.sessions() as session:
+            found_ids = {item.chunk.document_id for item in found}
             rows = {
                 row.id: row
                 for row in session.scalars(
-                    select(KnowledgeDocumentRow).where(
-                        KnowledgeDocumentRow.id.in_({item.chunk.document_id for item in found})
-                    )
+                    select(KnowledgeDocumentRow).where(KnowledgeDocumentRow.id.in_(found_ids))
                 ).all()
             }
+            groups = self._groups_by_document(session, found_ids)
         passages = []
         for item in found:
             row = rows.get(item.chunk.document_id)
             if row is None:  # deleted between search and lookup
+                continue
+            if not reader.may_read(groups.get(row.id, ())):
+                # Restricted between the search and now: never shown (fail closed).
                 continue
             passages.append(
                 Passage(
@@ -775,6 +1011,25 @@ class KnowledgeService:
                 )
             )
         return passages
+
+    @staticmethod
+    def _unreadable(session: Session, kb_ids: list[int], reader: Reader) -> frozenset[int]:
+        """Documents of these bases restricted to groups the reader is in none of.
+
+        Restricted documents are few, so this (not the allowed set) is what the
+        store's queries exclude.
+        """
+        restricted: dict[int, set[str]] = {}
+        for document_id, group in session.execute(
+            select(KnowledgeDocumentGroupRow.document_id, KnowledgeDocumentGroupRow.group_name)
+            .join(
+                KnowledgeDocumentRow,
+                KnowledgeDocumentRow.id == KnowledgeDocumentGroupRow.document_id,
+            )
+            .where(KnowledgeDocumentRow.kb_id.in_(kb_ids))
+        ).all():
+            restricted.setdefault(document_id, set()).add(group)
+        return frozenset(d for d, groups in restricted.items() if not reader.may_read(groups))
 
     @staticmethod
     def _filters(

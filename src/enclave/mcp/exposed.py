@@ -4,7 +4,9 @@
 ``enclave.api.mcp`` only translates MCP requests into these calls). Every
 method takes the authenticated :class:`Principal`, sees only that key's
 workspace (exactly the isolation of ``/api``: another workspace's base,
-document or chunk id is "not found", never "forbidden"), and returns only
+document or chunk id is "not found", never "forbidden"), reads only documents
+its user's groups may read (a restricted document or chunk is "not found"
+too; a key without a user reads only unrestricted ones), and returns only
 content at or below the key's receive clearance
 (:mod:`enclave.gateway.disclosure`):
 
@@ -38,7 +40,7 @@ from enclave.gateway.disclosure import Disclosure
 from enclave.gateway.service import Answer, Call, Gateway
 from enclave.knowledge.grounding import GroundedChat, KnowledgeOptions
 from enclave.knowledge.retrieval import Mode
-from enclave.knowledge.service import KnowledgeService, Passage
+from enclave.knowledge.service import KnowledgeService, Passage, Reader
 from enclave.knowledge.store.base import ChunkRow
 from enclave.wire.protocol import ChatCompletionRequest
 
@@ -181,6 +183,7 @@ class ExposedWorkspace:
             mode=mode,
             documents=documents,
             metadata=metadata,
+            reader=Reader.of(principal),
         )
         clearance = self.clearance(principal)
         kept, withheld = self.disclosure.keep(
@@ -196,16 +199,21 @@ class ExposedWorkspace:
         return result
 
     async def _chunk(self, principal: Principal, chunk_id: int) -> tuple[ChunkRow, str, str]:
-        """The chunk, its base's name and its document's class, if it is in this workspace."""
+        """The chunk, its base's name and its document's class, if it is in this workspace
+        and the principal may read its document."""
         knowledge = self.knowledge()
-        found = (await asyncio.to_thread(knowledge.store.get, [chunk_id])).get(chunk_id)
+        reader = Reader.of(principal)
+        found = await asyncio.to_thread(
+            knowledge.readable_chunk, principal.workspace_id, chunk_id, reader
+        )
         bases = await asyncio.to_thread(knowledge.list_bases, principal.workspace_id)
         base = next((b for b in bases if found is not None and b.id == found.kb_id), None)
         if found is None or base is None:
-            # The same answer for a chunk that does not exist and one of another workspace.
+            # The same answer for a chunk that does not exist, one of another workspace
+            # and one of a document restricted to groups the principal is not in.
             raise ChunkNotFound(f"There is no chunk {chunk_id} in this workspace.")
         document = await asyncio.to_thread(
-            knowledge.get_document, principal.workspace_id, base.name, found.document_id
+            knowledge.get_document, principal.workspace_id, base.name, found.document_id, reader
         )
         return found, base.name, document.classification
 
@@ -226,7 +234,11 @@ class ExposedWorkspace:
             principal, clearance, level, endpoint=endpoint, what=f"chunk {chunk.id} of {base}"
         )
         document = await asyncio.to_thread(
-            self.knowledge().get_document, principal.workspace_id, base, chunk.document_id
+            self.knowledge().get_document,
+            principal.workspace_id,
+            base,
+            chunk.document_id,
+            Reader.of(principal),
         )
         return {
             "id": f"chunk:{chunk.id}",
@@ -244,7 +256,10 @@ class ExposedWorkspace:
         """A document's text, stitched from its chunks in order, if the key may receive it."""
         base, name = parse_document_uri(uri)
         knowledge = self.knowledge()
-        documents = await asyncio.to_thread(knowledge.list_documents, principal.workspace_id, base)
+        reader = Reader.of(principal)
+        documents = await asyncio.to_thread(
+            knowledge.list_documents, principal.workspace_id, base, reader
+        )
         document = next((d for d in documents if d.name == name), None)
         if document is None:
             raise NotFound(f"There is no document '{name}' in knowledge base '{base}'.")
@@ -262,6 +277,7 @@ class ExposedWorkspace:
             document.id,
             offset=0,
             limit=DOCUMENT_CHUNKS,
+            reader=reader,
         )
         return {
             "uri": uri,
@@ -279,7 +295,7 @@ class ExposedWorkspace:
         listed = []
         for base in await asyncio.to_thread(knowledge.list_bases, principal.workspace_id):
             for document in await asyncio.to_thread(
-                knowledge.list_documents, principal.workspace_id, base.name
+                knowledge.list_documents, principal.workspace_id, base.name, Reader.of(principal)
             ):
                 if document.status == "indexed" and self.disclosure.allows(
                     clearance, document.classification

@@ -17,7 +17,9 @@ from sqlalchemy import (
     Dialect,
     Float,
     ForeignKey,
+    Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -79,6 +81,35 @@ class ApiKeyRow(Base):
     # The highest class this key may receive from /mcp and the query API (egress
     # clearance); None: the workspace floor on /mcp, no limit on the query API.
     receive_clearance: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The person the key belongs to (None: a service key); the key never has more rights
+    # than its owner has now (auth/keys.py). ``role`` is the key's own ceiling: member,
+    # builder or admin; None: admin for an admin key, builder otherwise (keys made before roles).
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True, index=True)
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class UserRow(Base):
+    """A person who signed in with the identity provider (``auth/users.py``).
+
+    ``issuer`` and ``subject`` (the ID token's ``iss`` and ``sub``) identify them;
+    ``groups_json`` is the newest group list the provider sent, read on every request.
+    """
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(512))
+    subject: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    groups_json: Mapped[str] = mapped_column(Text, default="[]")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    groups_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Disabled users cannot sign in, and their sessions and keys stop at the next request.
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="users_issuer_subject"),)
 
 
 class AuditEntryRow(Base):
@@ -116,6 +147,43 @@ class AuditIntentRow(Base):
     time: Mapped[datetime] = mapped_column(UTCDateTime())
     # canonical_json of the entry as it will be chained if the request never ends.
     payload: Mapped[str] = mapped_column(Text)
+    # The replica that routed the request; its intents are recovered when it stops
+    # heartbeating (``cluster_members``). None: written before replicas (this server's).
+    replica: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AuditChainHeadRow(Base):
+    """The shared audit chain's head: one row (id 1), locked by each replica's batch.
+
+    Locking it serialises appends from every replica into one chain; ``signed``
+    is the signed head (a ``Checkpoint`` as JSON) for the newest entry.
+    """
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    signed: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AuditCheckpointRow(Base):
+    """A signed checkpoint of the shared audit chain (append only), in ``seq`` order."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    record: Mapped[str] = mapped_column(Text)
+
+
+class ClusterMemberRow(Base):
+    """A running replica and its last heartbeat (``cluster.py``)."""
+
+    __tablename__ = "cluster_members"
+
+    replica: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class UsageRow(Base):
@@ -210,6 +278,32 @@ class IngestionJobRow(Base):
     chunks_done: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    # The replica working on the job and until when its lease holds (renewed while it works);
+    # another replica takes the job over once the lease has run out.
+    leased_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class KnowledgeBlobRow(Base):
+    """An uploaded file waiting for its ingestion job, in the database so any replica can run it."""
+
+    __tablename__ = "knowledge_blobs"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("ingestion_jobs.id"), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class KnowledgeDocumentGroupRow(Base):
+    """A group a document is restricted to; a document with none is seen by everyone."""
+
+    __tablename__ = "knowledge_document_groups"
+
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("knowledge_documents.id", ondelete="CASCADE"), primary_key=True
+    )
+    group_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+    __table_args__ = (Index("knowledge_document_groups_group", "group_name"),)
 
 
 class AppRow(Base):
@@ -301,6 +395,12 @@ class UiSessionRow(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # Signed in with the identity provider: the user, and their tokens (access, refresh,
+    # ID token) sealed with a key derived from the cookie, which is never stored; when the
+    # provider was last asked for the user's groups.
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True, index=True)
+    tokens: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class ConversationRow(Base):

@@ -27,7 +27,7 @@ from jinja2 import Environment, PackageLoader
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from enclave.api.deps import browser_session, services
+from enclave.api.deps import browser_session, recheck_session, services
 from enclave.auth.principals import Principal
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -102,7 +102,15 @@ def render(
             "key_name": principal.key_name,
             "workspace": principal.workspace,
             "is_admin": principal.is_admin,
+            "role": principal.role,
+            "user_id": principal.user_id,
+            "user_name": principal.user_name,
         }
+        if principal.user_id is not None:  # the workspaces the person may switch to
+            roles = services(request).keys.roles
+            user["workspaces"] = [
+                {"name": name, "role": role} for name, role in roles.workspaces_of(principal.groups)
+            ]
     html = _templates.get_template(template).render(
         request=request,
         user=user,
@@ -124,11 +132,20 @@ def render_login(
         title="Sign in",
         error=error,
         next_path=safe_next(next_path),
+        sso_name=_sso_name(request),
     )
 
 
+def _sso_name(request: Request) -> str | None:
+    """The identity provider's name for the sign-in button; None without one."""
+    identity = services(request).identity
+    return None if identity is None else identity.display_name
+
+
 async def _session(request: Request) -> tuple[Principal, str] | None:
-    return await asyncio.to_thread(browser_session, request, services(request))
+    svc = services(request)
+    await recheck_session(request, svc)
+    return await asyncio.to_thread(browser_session, request, svc)
 
 
 def _to_login(request: Request) -> RedirectResponse:

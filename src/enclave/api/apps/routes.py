@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
-from enclave.api.deps import Services, require_principal, services
+from enclave.api.deps import Services, require_builder, require_principal, services
 from enclave.api.params import PositiveInt64, input_limits
 from enclave.apps.runner import AppRunner
 from enclave.apps.service import AppService
@@ -60,7 +60,7 @@ async def list_apps(
 @router.post("/drafts", status_code=201, summary="Create a draft app to test")
 async def create_draft(
     body: Draft,
-    principal: Principal = Depends(require_principal),
+    principal: Principal = Depends(require_builder),
     apps: AppService = Depends(app_service),
     limits: InputLimitsConfig = Depends(input_limits),
 ) -> dict[str, Any]:
@@ -71,7 +71,7 @@ async def create_draft(
 @router.delete("/drafts/{draft_id}", status_code=204, summary="Delete a draft app")
 async def delete_draft(
     draft_id: str,
-    principal: Principal = Depends(require_principal),
+    principal: Principal = Depends(require_builder),
     apps: AppService = Depends(app_service),
 ) -> Response:
     await asyncio.to_thread(apps.delete_draft, principal.workspace_id, draft_id)
@@ -82,7 +82,7 @@ async def delete_draft(
 async def apply_app(
     name: str,
     body: Apply,
-    principal: Principal = Depends(require_principal),
+    principal: Principal = Depends(require_builder),
     apps: AppService = Depends(app_service),
     limits: InputLimitsConfig = Depends(input_limits),
 ) -> dict[str, Any]:
@@ -111,7 +111,7 @@ async def get_app(
 @router.delete("/{name}", status_code=204, summary="Delete an app and its history")
 async def delete_app(
     name: str,
-    principal: Principal = Depends(require_principal),
+    principal: Principal = Depends(require_builder),
     apps: AppService = Depends(app_service),
 ) -> Response:
     await asyncio.to_thread(apps.delete_app, principal.workspace_id, name)
@@ -132,7 +132,7 @@ async def versions(
 async def rollback(
     name: str,
     body: Rollback,
-    principal: Principal = Depends(require_principal),
+    principal: Principal = Depends(require_builder),
     apps: AppService = Depends(app_service),
 ) -> dict[str, Any]:
     return await asyncio.to_thread(
@@ -159,7 +159,7 @@ async def avatar(
 async def record_test_results(
     name: str,
     report: dict[str, Any],
-    principal: Principal = Depends(require_principal),
+    principal: Principal = Depends(require_builder),
     apps: AppService = Depends(app_service),
 ) -> dict[str, Any]:
     version = await asyncio.to_thread(

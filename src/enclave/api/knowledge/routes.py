@@ -3,9 +3,11 @@
 Everything is scoped to the caller's workspace: a base of another workspace
 is a 404, the same as one that does not exist. Uploads are multipart
 (``file`` fields, one or more) and stream to disk under the document size
-limit; a JSON body ``{"url": ...}`` adds a web page instead. Ingestion runs
-in the background: the response is 202 with each document's status, which
-``GET .../documents/{id}`` follows.
+limit; a JSON body ``{"url": ...}`` adds a web page instead. Either may carry
+``groups``: the document is then restricted to those groups (set by a builder
+or an admin, changed later with ``PATCH``); a restricted document is a 404 to
+anyone else. Ingestion runs in the background: the response is 202 with each
+document's status, which ``GET .../documents/{id}`` follows.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-from enclave.api.deps import Services, require_principal, services
+from enclave.api.deps import Services, require_builder, require_principal, services
 from enclave.api.params import Offset, PageSize, ResourceId
 from enclave.auth.principals import Principal
 from enclave.errors import InvalidRequest, PayloadTooLarge
 from enclave.gateway.disclosure import Disclosure
 from enclave.input_limits import check_document, check_json_depth, check_text
 from enclave.knowledge.retrieval import Mode
-from enclave.knowledge.service import AddResult, KnowledgeService
+from enclave.knowledge.service import AddResult, KnowledgeService, Reader
 from enclave.settings import NAME_PATTERN, InputLimitsConfig
 
 router = APIRouter(prefix="/api/knowledge", dependencies=[Depends(require_principal)])
@@ -49,6 +51,15 @@ class UrlAdd(BaseModel):
     url: str = Field(min_length=1, max_length=4096)
     classification: str | None = None
     metadata: dict[str, Any] | None = None
+    groups: list[str] | None = Field(
+        None, max_length=50, description="Only members of these groups may read it."
+    )
+
+
+class DocumentChange(BaseModel):
+    groups: list[str] = Field(
+        max_length=50, description="Only members of these groups may read it; [] for everyone."
+    )
 
 
 class QueryFilters(BaseModel):
@@ -71,7 +82,7 @@ def knowledge(svc: Services = Depends(services)) -> KnowledgeService:
 @router.post("", status_code=201, summary="Create a knowledge base")
 async def create_base(
     body: BaseCreate,
-    principal: Principal = Depends(require_principal),
+    principal: Principal = Depends(require_builder),
     svc: Services = Depends(services),
     kb: KnowledgeService = Depends(knowledge),
 ) -> dict[str, Any]:
@@ -110,7 +121,7 @@ async def get_base(
 @router.delete("/{name}", status_code=204, summary="Delete a knowledge base and its documents")
 async def delete_base(
     name: str,
-    principal: Principal = Depends(require_principal),
+    principal: Principal = Depends(require_builder),
     kb: KnowledgeService = Depends(knowledge),
 ) -> Response:
     await asyncio.to_thread(kb.delete_base, principal.workspace_id, name)
@@ -151,16 +162,24 @@ def _metadata(raw: Any, limits: InputLimitsConfig) -> dict[str, Any] | None:
     return value
 
 
+def _form_groups(raw: list[Any]) -> list[str] | None:
+    """``groups`` form fields, each one group or several separated by commas; None if absent."""
+    if not raw:
+        return None
+    return [part for value in raw for part in str(value).split(",") if part.strip()]
+
+
 @router.post("/{name}/documents", status_code=202, summary="Add documents (files or a URL)")
 async def add_documents(
     name: str,
     request: Request,
-    principal: Principal = Depends(require_principal),
+    principal: Principal = Depends(require_builder),
     kb: KnowledgeService = Depends(knowledge),
 ) -> dict[str, Any]:
-    """Multipart ``file`` fields (with optional ``classification`` and ``metadata``
-    JSON), or a JSON body ``{"url": ...}``. Unchanged files are reported as such."""
+    """Multipart ``file`` fields (with optional ``classification``, ``metadata`` JSON and
+    ``groups``), or a JSON body ``{"url": ...}``. Unchanged files are reported as such."""
     await asyncio.to_thread(kb.get_base, principal.workspace_id, name)  # 404 before reading
+    reader = Reader.managing(principal)
     content_type = request.headers.get("content-type", "")
     limits: InputLimitsConfig = services(request).settings.input_limits
     results: list[AddResult] = []
@@ -178,6 +197,8 @@ async def add_documents(
                 url=body.url,
                 classification=body.classification,
                 metadata=body.metadata,
+                groups=body.groups,
+                reader=reader,
             )
         )
     elif content_type.startswith("multipart/form-data"):
@@ -189,6 +210,7 @@ async def add_documents(
             classification = form.get("classification")
             metadata = _metadata(form.get("metadata"), limits)
             check_document(metadata, limits, "metadata")
+            groups = _form_groups(form.getlist("groups"))
             limit = kb.config.max_document_bytes
             for upload in files:
                 check_text(upload.filename, "file", limits.max_title_chars, "max_title_chars")
@@ -205,6 +227,8 @@ async def add_documents(
                         media_type=upload.content_type,
                         classification=str(classification) if classification else None,
                         metadata=metadata,
+                        groups=groups,
+                        reader=reader,
                     )
                 )
         finally:
@@ -223,7 +247,9 @@ async def list_documents(
     principal: Principal = Depends(require_principal),
     kb: KnowledgeService = Depends(knowledge),
 ) -> dict[str, Any]:
-    documents = await asyncio.to_thread(kb.list_documents, principal.workspace_id, name)
+    documents = await asyncio.to_thread(
+        kb.list_documents, principal.workspace_id, name, Reader.managing(principal)
+    )
     return {"object": "list", "data": [document.as_dict() for document in documents]}
 
 
@@ -234,7 +260,28 @@ async def get_document(
     principal: Principal = Depends(require_principal),
     kb: KnowledgeService = Depends(knowledge),
 ) -> dict[str, Any]:
-    document = await asyncio.to_thread(kb.get_document, principal.workspace_id, name, document_id)
+    document = await asyncio.to_thread(
+        kb.get_document, principal.workspace_id, name, document_id, Reader.managing(principal)
+    )
+    return document.as_dict()
+
+
+@router.patch("/{name}/documents/{document_id}", summary="Change a document's groups")
+async def change_document(
+    name: str,
+    document_id: ResourceId,
+    body: DocumentChange,
+    principal: Principal = Depends(require_builder),
+    kb: KnowledgeService = Depends(knowledge),
+) -> dict[str, Any]:
+    document = await asyncio.to_thread(
+        kb.set_groups,
+        principal.workspace_id,
+        name,
+        document_id,
+        body.groups,
+        Reader.managing(principal),
+    )
     return document.as_dict()
 
 
@@ -250,7 +297,13 @@ async def document_chunks(
     if offset < 0 or not 1 <= limit <= 500:
         raise InvalidRequest("offset must be >= 0 and limit 1 to 500.", param="limit")
     chunks = await asyncio.to_thread(
-        kb.document_chunks, principal.workspace_id, name, document_id, offset=offset, limit=limit
+        kb.document_chunks,
+        principal.workspace_id,
+        name,
+        document_id,
+        offset=offset,
+        limit=limit,
+        reader=Reader.of(principal),
     )
     return {
         "object": "list",
@@ -270,10 +323,12 @@ async def document_chunks(
 async def delete_document(
     name: str,
     document_id: ResourceId,
-    principal: Principal = Depends(require_principal),
+    principal: Principal = Depends(require_builder),
     kb: KnowledgeService = Depends(knowledge),
 ) -> Response:
-    await asyncio.to_thread(kb.delete_document, principal.workspace_id, name, document_id)
+    await asyncio.to_thread(
+        kb.delete_document, principal.workspace_id, name, document_id, Reader.managing(principal)
+    )
     return Response(status_code=204)
 
 
@@ -295,6 +350,7 @@ async def query(
         mode=body.mode,
         documents=filters.documents,
         metadata=filters.metadata,
+        reader=Reader.of(principal),
     )
     threshold = kb.config.threshold if body.threshold is None else body.threshold
     # A key with a receive clearance gets nothing above it (the egress rule, docs/mcp.md).

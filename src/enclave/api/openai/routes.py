@@ -31,7 +31,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from enclave.api.deps import Services, authenticate_request, require_principal, services
+from enclave.api.deps import Services, authenticate, require_principal, services
 from enclave.apps.service import parse_model_id
 from enclave.auth.principals import Principal
 from enclave.chat.dispatch import dispatch_chat
@@ -177,7 +177,7 @@ def _endpoint(capability: str, model: type[Wire]) -> Any:
     async def endpoint(request: Request) -> Response:
         svc: Services = request.app.state.services
         request.scope["route"] = ROUTES[request.scope["path"]]  # for the metrics' route label
-        principal = authenticate_request(request, svc)
+        principal = await authenticate(request, svc)
         request.state.principal = principal
         body, wire = _parse(await request.body(), model)
         check_wire(wire, svc.settings.input_limits)
@@ -203,7 +203,7 @@ async def responses_endpoint(request: Request) -> Response:
     """``POST /v1/responses``: translated into a chat call (``chat/responses.py``)."""
     svc: Services = request.app.state.services
     request.scope["route"] = ROUTES[request.scope["path"]]
-    principal = authenticate_request(request, svc)
+    principal = await authenticate(request, svc)
     request.state.principal = principal
     _, wire = _parse(await request.body(), ResponsesRequest)
     limits = svc.settings.input_limits

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from enclave.auth.keys import KeyInfo
+from enclave.input_limits import INT64_MAX
 from enclave.settings import NAME_PATTERN
 
 
@@ -16,6 +18,17 @@ class KeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     workspace: str = Field("default", pattern=NAME_PATTERN)
     admin: bool = False
+    role: Literal["member", "builder", "admin"] | None = Field(
+        None,
+        description="The key's ceiling; when given it decides `admin`. Default: admin for an "
+        "admin key, else builder.",
+    )
+    user_id: int | None = Field(
+        None,
+        ge=1,
+        le=INT64_MAX,
+        description="The user the key belongs to: it never has more rights than they have now.",
+    )
     expires_at: datetime | None = Field(
         None, description="ISO 8601; a time without a zone is taken as UTC."
     )
@@ -44,6 +57,8 @@ class KeyOut(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     clearance: str | None = None
+    role: str = "builder"
+    user_id: int | None = None
 
     @classmethod
     def of(cls, info: KeyInfo) -> KeyOut:
@@ -58,6 +73,8 @@ class KeyOut(BaseModel):
             expires_at=info.expires_at,
             revoked_at=info.revoked_at,
             clearance=info.clearance,
+            role=info.role,
+            user_id=info.user_id,
         )
 
 
@@ -70,6 +87,10 @@ class Me(BaseModel):
     key_name: str
     workspace: str
     admin: bool
+    role: str = Field(description="member, builder or admin, in this workspace.")
+    user_id: int | None = None
+    user_name: str | None = None
+    groups: list[str] = Field(default_factory=list)
 
 
 class KeyClearance(BaseModel):

@@ -27,6 +27,10 @@ async def me(principal: Principal = Depends(require_principal)) -> Me:
         key_name=principal.key_name,
         workspace=principal.workspace,
         admin=principal.is_admin,
+        role=principal.role or "member",
+        user_id=principal.user_id,
+        user_name=principal.user_name,
+        groups=sorted(principal.groups),
     )
 
 
@@ -76,6 +80,8 @@ async def create_key(
         is_admin=body.admin,
         expires_at=body.expires_at,
         clearance=clearance,
+        user_id=body.user_id,
+        role=body.role,
     )
     return KeyCreated(**KeyOut.of(info).model_dump(), key=secret)
 

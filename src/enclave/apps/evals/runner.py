@@ -64,14 +64,16 @@ class _StepError(Exception):
 def draft_spec(
     manifest: AppManifest, fixtures: FixtureServer, mcp_fixtures: McpFixtureServer | None = None
 ) -> dict[str, Any]:
-    """The canonical app with every API (and MCP server) pointed at ``fixtures``, no headers
-    and no tests. A stdio MCP server becomes a URL one: its stand-in runs here."""
+    """The canonical app with every API (and MCP server) pointed at ``fixtures``, no headers,
+    no ``auth`` (the fixtures need no user) and no tests. A stdio MCP server becomes a URL
+    one: its stand-in runs here."""
     spec = copy.deepcopy(canonical(manifest))
     body = spec["spec"]
     body.pop("tests", None)
     for api in body.get("apis") or []:
         api["url"] = fixtures.url_for(api["name"])
         api.pop("headers", None)
+        api.pop("auth", None)
     for mcp in body.get("mcps") or []:
         if mcp_fixtures is not None and mcp["name"] in mcp_fixtures.tools:
             mcp["url"] = mcp_fixtures.url_for(mcp["name"])

@@ -64,9 +64,13 @@ class Hit:
 
 @dataclass(frozen=True, slots=True)
 class Filters:
-    """Restrictions on a search. ``document_ids=None`` means every document."""
+    """Restrictions on a search, applied inside the query (before ranking), so a chunk
+    filtered out never takes a top-k place. ``document_ids=None`` means every document;
+    ``excluded_document_ids`` are never searched (documents restricted to groups the
+    reader is not in)."""
 
     document_ids: frozenset[int] | None = None
+    excluded_document_ids: frozenset[int] = frozenset()
 
 
 class VectorStore(ABC):
@@ -84,7 +88,9 @@ class VectorStore(ABC):
 
         The previously published chunks of the document (an older version) are
         deleted and the hidden ones become searchable; returns how many are now
-        published.
+        published. Hidden chunks with the same ordinal are published once (the
+        first added): an ingestion job taken over by another replica writes the
+        batch it cannot know was stored again, and a document keeps each chunk once.
         """
 
     @abstractmethod

@@ -206,24 +206,29 @@ class PostgresStore(VectorStore):
         """Swap the document's hidden chunks in for its published ones.
 
         Without hidden chunks nothing changes (a repeated publish must not empty
-        the document) and the number already published is returned.
+        the document) and the number already published is returned. A hidden
+        chunk added twice (the same ordinal) is published once.
         """
         conn = self._conn()
         with conn.transaction():
-            hidden = conn.execute(
-                "SELECT id FROM knowledge_chunks "
-                "WHERE kb_id = %s AND document_id = %s AND NOT published FOR UPDATE",
+            rows = conn.execute(
+                "SELECT id, ordinal FROM knowledge_chunks WHERE kb_id = %s AND document_id = %s "
+                "AND NOT published ORDER BY id FOR UPDATE",
                 (kb_id, document_id),
             ).fetchall()
-            if not hidden:
+            if not rows:
                 return self.count(kb_id, document_id)
+            # The first chunk of each ordinal wins; a repeat comes from a batch written again.
+            first = {int(ordinal): int(chunk_id) for chunk_id, ordinal in reversed(rows)}
+            hidden = sorted(first.values())
+            repeated = sorted({int(row[0]) for row in rows} - set(hidden))
             conn.execute(
-                "DELETE FROM knowledge_chunks WHERE kb_id = %s AND document_id = %s AND published",
-                (kb_id, document_id),
+                "DELETE FROM knowledge_chunks "
+                "WHERE (kb_id = %s AND document_id = %s AND published) OR id = ANY(%s)",
+                (kb_id, document_id, repeated),
             )
             conn.execute(
-                "UPDATE knowledge_chunks SET published = true WHERE id = ANY(%s)",
-                ([int(r[0]) for r in hidden],),
+                "UPDATE knowledge_chunks SET published = true WHERE id = ANY(%s)", (hidden,)
             )
         return len(hidden)
 
@@ -276,6 +281,9 @@ class PostgresStore(VectorStore):
         if documents is not None:
             sql += " AND c.document_id = ANY(%(documents)s)"
             params["documents"] = list(documents)
+        if filters is not None and filters.excluded_document_ids:
+            sql += " AND c.document_id <> ALL(%(excluded)s)"
+            params["excluded"] = list(filters.excluded_document_ids)
         sql += " ORDER BY s.score DESC, c.id LIMIT %(k)s"
         rows = conn.execute(sql, params).fetchall()
         return [Hit(chunk_id=int(r[0]), score=float(r[1])) for r in rows]
@@ -376,6 +384,9 @@ class PostgresStore(VectorStore):
         if documents is not None:
             sql += " AND document_id = ANY(%(documents)s)"
             params["documents"] = list(documents)
+        if filters is not None and filters.excluded_document_ids:
+            sql += " AND document_id <> ALL(%(excluded)s)"
+            params["excluded"] = list(filters.excluded_document_ids)
         sql += " ORDER BY embedding <=> %(q)s LIMIT %(k)s"
         rows = conn.execute(sql, params).fetchall()
         hits = [Hit(chunk_id=int(r[0]), score=1.0 - float(r[1])) for r in rows]

@@ -330,7 +330,8 @@ class SQLiteStore(VectorStore):
         """Swap the document's hidden chunks in for its published ones.
 
         Without hidden chunks nothing changes (a repeated publish must not empty
-        the document) and the number already published is returned.
+        the document) and the number already published is returned. A hidden
+        chunk added twice (the same ordinal) is published once.
         """
         with self._write() as conn:
             rows = self._rows(conn, "kb_id = ? AND document_id = ?", (kb_id, document_id))
@@ -338,7 +339,15 @@ class SQLiteStore(VectorStore):
             old = [chunk_id for chunk_id, published in rows if published]
             if not hidden:
                 return len(old)
-            self._remove(conn, old)
+            ordinals = conn.execute(
+                f"SELECT id, ordinal FROM knowledge_chunks WHERE id IN {_IDS} ORDER BY id",
+                (_json(hidden),),
+            ).fetchall()
+            # The first chunk of each ordinal wins; a repeat comes from a batch written again.
+            first = {int(ordinal): int(chunk_id) for chunk_id, ordinal in reversed(ordinals)}
+            hidden = sorted(first.values())
+            repeated = sorted({int(row[0]) for row in ordinals} - set(hidden))
+            self._remove(conn, old + repeated)
             conn.execute(
                 f"UPDATE knowledge_chunks SET published = 1 WHERE id IN {_IDS}", (_json(hidden),)
             )
@@ -449,6 +458,9 @@ class SQLiteStore(VectorStore):
         if documents is not None:
             sql += f" AND c.document_id IN {_IDS}"
             params.append(_json(documents))
+        if filters is not None and filters.excluded_document_ids:
+            sql += f" AND c.document_id NOT IN {_IDS}"
+            params.append(_json(filters.excluded_document_ids))
         sql += " ORDER BY rank, c.id LIMIT ?"
         params.append(k)
         rows = conn.execute(sql, params).fetchall()
@@ -500,6 +512,8 @@ class SQLiteStore(VectorStore):
         if not kb_ids or k <= 0 or (documents is not None and not documents):
             return []
         wanted = np.fromiter(documents, dtype=np.int64) if documents is not None else None
+        excluded = filters.excluded_document_ids if filters else frozenset()
+        unwanted = np.fromiter(excluded, dtype=np.int64) if excluded else None
         hits: list[Hit] = []
         for vectors, ids, docs, alive in self._snapshots(kb_ids):
             if not len(ids):
@@ -509,6 +523,9 @@ class SQLiteStore(VectorStore):
             if wanted is not None:
                 in_filter = np.isin(docs, wanted)
                 mask = in_filter if mask is None else mask & in_filter
+            if unwanted is not None:
+                allowed = ~np.isin(docs, unwanted)
+                mask = allowed if mask is None else mask & allowed
             if mask is not None:
                 scores = np.where(mask, scores, -np.inf)
             for i in _top(scores, k):

@@ -18,7 +18,8 @@ export function csrfToken() {
   return meta ? meta.getAttribute("content") || "" : "";
 }
 
-/** The signed-in key, from <meta name="enclave-user">: {key_id, key_name, workspace, is_admin}. */
+/** The signed-in key, from <meta name="enclave-user">: {key_id, key_name, workspace, is_admin,
+ *  role, user_id, user_name} (user_*: a person signed in with the identity provider). */
 export function currentUser() {
   const meta = document.querySelector('meta[name="enclave-user"]');
   try {
