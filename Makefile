@@ -1,4 +1,4 @@
-# Entry points: make run | make demo | make test | make lint | make bench | make screenshots
+# Entry points: make run | make demo | make test | make lint | make bench | make bench-scale | make screenshots
 # Each installs what it needs into .venv first (idempotent; re-runs when pyproject.toml changes).
 
 PYTHON ?= python3
@@ -12,7 +12,7 @@ CHROMIUM    := /usr/bin/chromium
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: install browser run demo test test-unit lint format bench screenshots clean
+.PHONY: install browser run demo test test-unit lint format bench bench-scale screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,10 @@ bench: install
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/knowledge.py
+
+# Replicas behind haproxy (needs redis-server and haproxy, which `browser` installs).
+bench-scale: install browser
+	$(BIN)/python bench/scale.py
 
 # Screenshots: the browser tests write build/screenshots/ (ignored by git, so `make test`
 # leaves the tree clean); this copies them over the ones docs/ui.md shows.

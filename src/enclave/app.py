@@ -8,6 +8,7 @@ services are built here once and reached by routes through
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -34,14 +35,17 @@ from enclave.api.openai import routes as openai_routes
 from enclave.api.openapi import install_openapi
 from enclave.api.platform import routes as platform_routes
 from enclave.api.runners import routes as runner_routes
+from enclave.api.scim import routes as scim_routes
 from enclave.api.users import routes as user_routes
 from enclave.apps.actions import ActionStore
 from enclave.apps.mcp_tools import McpConnector
 from enclave.apps.runner import AppRunner
 from enclave.apps.service import AppService
+from enclave.auth.directory import Directory
 from enclave.auth.identity import CALLBACK_PATH, IdentityService
 from enclave.auth.keys import KeyService
 from enclave.auth.oidc import OidcClient
+from enclave.auth.provisioning import Provisioning
 from enclave.auth.sessions import SessionService
 from enclave.chat.conversations import ConversationService
 from enclave.chat.responses import ResponsesService, ResponseStore
@@ -67,6 +71,7 @@ from enclave.runners.control import RunnerControl
 from enclave.runners.fleet import RunnerFleet
 from enclave.settings import Settings, resolve_secret
 from enclave.storage.db import open_database, startup_lock
+from enclave.storage.notify import KEYS_CHANNEL, ChangeListener
 from enclave.ui import pages as ui_pages
 
 log = logging.getLogger(__name__)
@@ -133,6 +138,45 @@ def build_identity(
         )
     client = OidcClient(oidc, settings.public_url + CALLBACK_PATH)
     return IdentityService(settings.identity, client, keys, sessions)
+
+
+# A SCIM token is typed into the provider's console: long enough not to be guessed.
+MIN_SCIM_TOKEN = 20
+
+
+def scim_token(settings: Settings) -> str | None:
+    """``identity.scim.token``, resolved now so a missing or short one stops start-up."""
+    scim = settings.identity.scim
+    if scim is None:
+        return None
+    token = resolve_secret(scim.token).strip()
+    if len(token) < MIN_SCIM_TOKEN:
+        raise ConfigError(
+            f"identity.scim.token: the token must be at least {MIN_SCIM_TOKEN} characters "
+            "(e.g. `openssl rand -base64 32`)"
+        )
+    return token
+
+
+def build_provisioning(
+    settings: Settings,
+    token: str | None,
+    sessions: sessionmaker[Session],
+    keys: KeyService,
+    ui_sessions: SessionService,
+) -> Provisioning | None:
+    """SCIM provisioning at ``/scim/v2``, when ``identity.scim`` is configured."""
+    scim, oidc = settings.identity.scim, settings.identity.oidc
+    if scim is None or token is None or oidc is None or settings.public_url is None:
+        return None
+    directory = Directory(
+        sessions,
+        issuer=oidc.issuer,
+        match_claim=scim.match_claim,
+        keys=keys,
+        ui_sessions=ui_sessions,
+    )
+    return Provisioning(directory, token, settings.public_url)
 
 
 def build_classifier(settings: Settings) -> Classifier:
@@ -291,6 +335,7 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     model_registry = registry or ModelRegistry.from_settings(settings)
     # Resolved now so that a missing secret stops start-up with a ConfigError.
     metrics_token = resolve_secret(settings.metrics_token) if settings.metrics_token else None
+    provisioning_token = scim_token(settings)
     # /mcp: Enclave as an MCP server; its SDK task group runs for the app's lifetime.
     mcp_endpoint = McpEndpoint(lambda: app.state.services)
 
@@ -308,6 +353,12 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
                 keys.ensure_workspace(name)
         if new_secret:
             announce_admin_key(new_secret)
+        key_changes = None
+        if engine.dialect.name == "postgresql":
+            # Keys revoked (or re-cleared) by another replica or the CLI leave this
+            # replica's cache at once, not after its TTL.
+            key_changes = ChangeListener(engine.url, KEYS_CHANNEL, keys.forget, keys.forget_all)
+            await asyncio.to_thread(key_changes.start)
         ui_sessions = SessionService(sessions, keys, settings.ui.session_ttl_s)
         app.state.engine = engine
         app.state.draining = False
@@ -354,6 +405,9 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
             metrics=metrics,
             sessions=ui_sessions,
             identity=build_identity(settings, keys, ui_sessions),
+            provisioning=build_provisioning(
+                settings, provisioning_token, sessions, keys, ui_sessions
+            ),
             conversations=ConversationService(sessions),
             responses=ResponsesService(ResponseStore(sessions)),
             audit_reader=AuditReader(sessions, audit, audit_head_path(settings)),
@@ -386,6 +440,8 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
             audit.close()
             if settings.cluster.replicas:
                 membership.close()
+            if key_changes is not None:
+                await asyncio.to_thread(key_changes.close)
             engine.dispose()
 
     app = FastAPI(
@@ -413,6 +469,8 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None) -> 
     app.include_router(conversation_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(user_routes.router)
+    if settings.identity.scim is not None:  # else /scim/v2 is not there at all (404)
+        app.include_router(scim_routes.router)
     app.include_router(runner_routes.joining)
     app.include_router(mcp_routes.router)
     app.include_router(mcp_routes.admin)

@@ -19,6 +19,12 @@ from tests.unit.test_document_groups import (
     live_base,
 )
 from tests.unit.test_document_groups import (
+    test_a_base_counts_only_the_documents_each_person_may_see as counts,
+)
+from tests.unit.test_document_groups import (
+    test_a_builder_outside_the_groups_cannot_lift_the_restriction as outsider_builder,
+)
+from tests.unit.test_document_groups import (
     test_outside_the_group_no_path_reaches_the_restricted_document as outside_the_group,
 )
 from tests.unit.test_document_groups import (
@@ -48,6 +54,14 @@ def test_the_hr_partner_gets_the_salary_cited_and_a_colleague_does_not(
 
 def test_outside_the_group_no_path_reaches_the_restricted_document(base: Base) -> None:
     outside_the_group(base)
+
+
+def test_a_builder_outside_the_groups_cannot_lift_the_restriction(base: Base) -> None:
+    outsider_builder(base)
+
+
+def test_a_base_counts_only_the_documents_each_person_may_see(base: Base) -> None:
+    counts(base)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

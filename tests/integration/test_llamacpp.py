@@ -240,12 +240,17 @@ def test_closing_a_stream_stops_generation_within_a_few_tokens(
     # Each text delta is at least one token; after the close only a few more are decoded.
     assert finished.usage.completion_tokens <= at_close + 5, (finished.usage, at_close)
     assert at_close < 1000 - 5  # the bound above can fail: the story runs far longer
-    # The decode thread counts the cancellation just after it reports it: on a loaded
-    # machine the count may trail the event by a moment, so wait for it (bounded).
-    deadline = time.monotonic() + 10
-    while model.stats.cancelled == before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert model.stats.cancelled == before + 1
+    # The worker counts the cancellation on the event loop once the decode thread returns,
+    # which may be just after the Finished event: wait for it on that loop (a sleep on this
+    # thread would hold the loop and the count would never come).
+
+    async def counted() -> int:
+        deadline = time.monotonic() + 10
+        while model.stats.cancelled == before and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return model.stats.cancelled
+
+    assert loop.run(counted()) == before + 1
 
 
 def test_eight_concurrent_streams_all_complete(loop: Loop, llama: LlamaCppProvider) -> None:

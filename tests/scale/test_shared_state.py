@@ -134,3 +134,32 @@ def test_an_app_applied_on_one_replica_is_served_by_the_others(cluster: Cluster)
             timeout=10,
         ).json()
         assert "Be very brief" in str(got), f"{replica.name} serves the old spec"
+
+
+def test_a_key_revoked_at_one_replica_is_refused_by_all_of_them_at_once(
+    cluster: Cluster,
+) -> None:
+    """Each replica caches verified keys for a few seconds; a revocation reaches the
+    others by Postgres NOTIFY, well inside that."""
+    key_id, key = cluster.create_key("revoked soon")
+    headers = {"Authorization": f"Bearer {key}"}
+    for replica in cluster.replicas:  # every replica has it cached now
+        listed = httpx.get(f"{replica.url}/v1/models", headers=headers, timeout=10)
+        assert listed.status_code == 200, f"{replica.name}: {listed.text}"
+    first = cluster.replicas[0]
+    revoked = httpx.delete(
+        f"{first.url}/api/keys/{key_id}",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    )
+    assert revoked.status_code == 200, revoked.text
+    started = time.monotonic()
+    for replica in cluster.replicas:
+        while True:
+            answer = httpx.get(f"{replica.url}/v1/models", headers=headers, timeout=10)
+            if answer.status_code == 401:
+                break
+            assert answer.status_code == 200, f"{replica.name}: {answer.text}"
+            # The cache's TTL is 5 s; a notification arrives in milliseconds.
+            assert time.monotonic() - started < 2, f"{replica.name} still serves the key"
+            time.sleep(0.02)

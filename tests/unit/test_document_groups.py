@@ -57,19 +57,22 @@ class Person:
     user_id: int | None
     name: str | None
     groups: frozenset[str] = frozenset()
+    role: str = "member"
 
 
-# Key name -> who is behind it (each a member); a key not listed has no user.
+# Key name -> who is behind it; a key not listed has no user.
 PEOPLE = {
     "alice": Person(1, "alice", frozenset({"hr-partners"})),
     "bob": Person(2, "bob", frozenset({"engineering"})),
     "carol": Person(3, "carol", frozenset({"engineering", "hr-partners"})),
+    "dave": Person(4, "dave", frozenset({"engineering"}), role="builder"),
+    "erin": Person(5, "erin", frozenset({"hr-partners"}), role="builder"),
 }
 
 
 def sign_in_people(services: Any, people: dict[str, Person]) -> None:
-    """Give each listed key's principal its user, groups and the member role (the seam
-    sign-in fills)."""
+    """Give each listed key's principal its user, groups and role (the seam sign-in
+    fills)."""
     authenticate: Callable[[str], Principal] = services.keys.authenticate
 
     def with_user(secret: str) -> Principal:
@@ -82,7 +85,7 @@ def sign_in_people(services: Any, people: dict[str, Person]) -> None:
             user_id=person.user_id,
             user_name=person.name,
             groups=person.groups,
-            role="member",
+            role=person.role,
         )
 
     services.keys.authenticate = with_user
@@ -345,6 +348,62 @@ def test_only_a_builder_sets_groups_and_no_outsider_replaces_a_restricted_docume
     # Re-sending the same file without groups changes nothing, groups included.
     same = base.kapp.upload("hr", "salaries.md", SALARIES)
     assert same["outcome"] == "unchanged" and same["document"]["groups"] == ["hr-partners"]
+
+
+def test_a_builder_outside_the_groups_cannot_lift_the_restriction(base: Base) -> None:
+    """Builders manage documents they may not read, but only one in the groups (or an
+    admin) changes the groups: otherwise dave could open the salaries and read them."""
+    salaries = base.documents["salaries.md"]
+    path = f"/api/knowledge/hr/documents/{salaries}"
+    assert "salaries.md" in base.listed("dave")  # he manages it...
+    for groups in ([], ["engineering"], ["engineering", "hr-partners"]):
+        refused = base.http.patch(path, json={"groups": groups}, headers=base.auth("dave"))
+        assert refused.status_code == 403, (groups, refused.text)
+        assert "groups you are not in" in refused.json()["error"]["message"]
+        resent = base.http.post(
+            "/api/knowledge/hr/documents",
+            files={"file": ("salaries.md", SALARIES.encode())},
+            data={"groups": ",".join(groups)} if groups else {"groups": ""},
+            headers=base.auth("dave"),
+        )
+        if groups:  # an empty form field means "no groups given"
+            assert resent.status_code == 403, (groups, resent.text)
+        assert base.listed("admin")["salaries.md"]["groups"] == ["hr-partners"]
+        assert SECRET not in json.dumps(base.query("dave")), groups
+    # ...and may send the same groups again (a sync job re-running is not a change).
+    same = base.http.patch(path, json={"groups": ["hr-partners"]}, headers=base.auth("dave"))
+    assert same.status_code == 200, same.text
+    # A builder in the group may change them.
+    try:
+        widened = base.http.patch(
+            path, json={"groups": ["hr-partners", "payroll"]}, headers=base.auth("erin")
+        )
+        assert widened.status_code == 200 and widened.json()["groups"] == [
+            "hr-partners",
+            "payroll",
+        ]
+    finally:
+        restored = base.http.patch(
+            path, json={"groups": ["hr-partners"]}, headers=base.auth("admin")
+        )
+        assert restored.status_code == 200
+
+
+def test_a_base_counts_only_the_documents_each_person_may_see(base: Base) -> None:
+    for who in ("alice", "bob", "service", "dave", "admin"):
+        listed = base.listed(who)
+        for answer in (
+            base.http.get("/api/knowledge/hr", headers=base.auth(who)).json(),
+            next(
+                b
+                for b in base.http.get("/api/knowledge", headers=base.auth(who)).json()["data"]
+                if b["name"] == "hr"
+            ),
+        ):
+            assert answer["documents"] == len(listed), (who, answer)
+            assert answer["chunks"] == sum(d["chunks"] for d in listed.values()), who
+    assert "salaries.md" not in base.listed("bob")
+    assert "salaries.md" in base.listed("dave")  # a builder sees it listed, not its text
 
 
 def test_the_cli_adds_restricted_documents_and_lists_their_groups(

@@ -5,11 +5,13 @@ Only its SHA-256 is stored, plus an 8-character prefix so people can tell keys
 apart in listings. Because keys are long random strings, a plain hash is as
 strong as a password KDF here, and it keeps verification to one indexed
 lookup. Verified keys are cached for a few seconds so the hot path does not
-touch the database on every request; revocation through this service clears
-the cache at once, and the short TTL bounds how long a key revoked by another
-process (the CLI) still works. Browser sessions hold a key id rather than the
-secret; :meth:`KeyService.principal_for_key_id` checks that key with the same
-cache and the same revocation and expiry rules.
+touch the database on every request; revocation (or a changed clearance)
+through this service clears the cache at once, and on Postgres it also
+notifies every replica in the same transaction (``storage/notify.py``), whose
+listener calls :meth:`KeyService.forget`. The short TTL bounds how long a key
+changed where no listener hears it still works. Browser sessions hold a key id
+rather than the secret; :meth:`KeyService.principal_for_key_id` checks that key
+with the same cache and the same revocation and expiry rules.
 
 A key belongs to a person (``user_id``) or to a service (none). A person's key
 never has more rights than the person has now: after the cache, each request
@@ -40,6 +42,7 @@ from enclave.auth.users import UserService
 from enclave.errors import AuthenticationFailed, InvalidRequest, NotFound
 from enclave.settings import IdentityConfig
 from enclave.storage.models import ApiKeyRow, WorkspaceRow
+from enclave.storage.notify import KEYS_CHANNEL, announce
 
 KEY_PREFIX = "ek-"
 # The prefix shown for a person's sign-in key, which has no secret anyone knows.
@@ -96,6 +99,9 @@ class KeyService:
         self._sessions = sessions
         self._cache: dict[str, _Cached] = {}
         self._by_id: dict[int, _Cached] = {}
+        # Bumped by every forget: a lookup that began before one does not fill the cache
+        # (it may have read the row just before the change committed).
+        self._generation = 0
         self.roles = RoleMap(identity or IdentityConfig())
         self.users = UserService(sessions)
 
@@ -197,6 +203,7 @@ class KeyService:
         now = time.monotonic()
         cached = cache.get(cache_key)
         if cached is None or cached[0] < now:
+            generation = self._generation
             with self._sessions() as session:
                 found = session.execute(
                     select(ApiKeyRow, WorkspaceRow.name)
@@ -218,7 +225,8 @@ class KeyService:
                 role=key_role(row.is_admin, row.role),
             )
             cached = (now + CACHE_SECONDS, principal, row.expires_at)
-            cache[cache_key] = cached
+            if generation == self._generation:
+                cache[cache_key] = cached
         _, principal, expires_at = cached
         if expires_at is not None and expires_at <= datetime.now(UTC):
             raise AuthenticationFailed("This API key has expired.", code="expired_api_key")
@@ -319,18 +327,54 @@ class KeyService:
         with self._sessions.begin() as session:
             row, workspace = self._key_row(session, key_id)
             row.receive_clearance = clearance
-            self._cache.pop(row.key_hash, None)
-            self._by_id.pop(row.id, None)
-            return self._info(row, workspace)
+            announce(session, KEYS_CHANNEL, str(row.id))
+            info = self._info(row, workspace)
+        self.forget(key_id)  # after the commit: a lookup now reads the new row
+        return info
 
     def revoke(self, key_id: int) -> KeyInfo:
         with self._sessions.begin() as session:
             row, workspace = self._key_row(session, key_id)
             if row.revoked_at is None:
                 row.revoked_at = datetime.now(UTC)
-            self._cache.pop(row.key_hash, None)
-            self._by_id.pop(row.id, None)
-            return self._info(row, workspace)
+            announce(session, KEYS_CHANNEL, str(row.id))
+            info = self._info(row, workspace)
+        self.forget(key_id)  # after the commit: a lookup now reads the new row
+        return info
+
+    def forget(self, key_id: int | str) -> None:
+        """Drop a key from the cache (its next use reads the database): after a change
+        here, or one another replica announced (``storage/notify.py``)."""
+        try:
+            key_id = int(key_id)
+        except ValueError:
+            return self.forget_all()
+        self._generation += 1
+        self._by_id.pop(key_id, None)
+        for digest, (_, principal, _) in list(self._cache.items()):
+            if principal.key_id == key_id:
+                self._cache.pop(digest, None)
+
+    def forget_all(self) -> None:
+        """Drop every cached key (a replica that may have missed announcements)."""
+        self._generation += 1
+        self._cache.clear()
+        self._by_id.clear()
+
+    def revoke_user_keys(self, user_id: int) -> int:
+        """Revoke every active key of a person (deprovisioned); how many there were."""
+        now = datetime.now(UTC)
+        with self._sessions.begin() as session:
+            rows = session.scalars(
+                select(ApiKeyRow).where(
+                    ApiKeyRow.user_id == user_id, ApiKeyRow.revoked_at.is_(None)
+                )
+            ).all()
+            for row in rows:
+                row.revoked_at = now
+                self._cache.pop(row.key_hash, None)
+                self._by_id.pop(row.id, None)
+            return len(rows)
 
     @staticmethod
     def _info(row: ApiKeyRow, workspace: str) -> KeyInfo:

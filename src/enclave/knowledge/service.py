@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, or_, select, true
 from sqlalchemy.orm import Session, sessionmaker
 
 from enclave.auth.principals import Principal
@@ -97,12 +97,16 @@ class Reader:
     """Who reads: the groups whose restricted documents they may read.
 
     ``manages`` (builders, admins) may also see restricted documents in
-    listings and change their groups, never read their text without a group.
+    listings, replace and delete them, never read their text without a group.
+    A restricted document's groups are changed only by a builder in one of
+    them or by an admin (``administers``): a builder outside them could
+    otherwise lift the restriction and read it.
     ``Reader()`` reads only unrestricted documents.
     """
 
     groups: frozenset[str] = frozenset()
     manages: bool = False
+    administers: bool = False
 
     @classmethod
     def of(cls, principal: Principal) -> Reader:
@@ -113,13 +117,23 @@ class Reader:
     def managing(cls, principal: Principal) -> Reader:
         """The principal in the document listings of ``/api/knowledge``: builders and
         admins manage the workspace's knowledge."""
-        return cls(groups=principal.groups, manages=principal.role in ("builder", "admin"))
+        return cls(
+            groups=principal.groups,
+            manages=principal.role in ("builder", "admin"),
+            administers=principal.role == "admin",
+        )
 
     def may_read(self, restricted_to: Collection[str]) -> bool:
         return not restricted_to or not self.groups.isdisjoint(restricted_to)
 
     def may_see(self, restricted_to: Collection[str]) -> bool:
         return self.manages or self.may_read(restricted_to)
+
+    def may_regroup(self, restricted_to: Collection[str]) -> bool:
+        """Unrestricted documents: whoever may add documents (the routes decide)."""
+        if not restricted_to:
+            return True
+        return self.administers or (self.manages and self.may_read(restricted_to))
 
 
 def document_groups(groups: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -447,11 +461,18 @@ class KnowledgeService:
             chunks_ingesting=ingesting,
         )
 
-    def list_bases(self, workspace_id: int, name: str | None = None) -> list[BaseInfo]:
-        """The workspace's bases (or the one named) with document and chunk counts."""
+    def list_bases(
+        self, workspace_id: int, name: str | None = None, reader: Reader = Reader()
+    ) -> list[BaseInfo]:
+        """The workspace's bases (or the one named) with document and chunk counts.
+
+        The counts are of the documents the reader may see: a restricted
+        document's existence is not told to those outside its groups.
+        """
         query = select(KnowledgeBaseRow).where(KnowledgeBaseRow.workspace_id == workspace_id)
         if name is not None:
             query = query.where(KnowledgeBaseRow.name == name)
+        visible = self._visible_documents(reader)
         with self.sessions() as session:
             rows = session.scalars(query.order_by(KnowledgeBaseRow.name)).all()
             totals = {
@@ -462,7 +483,7 @@ class KnowledgeService:
                         func.count(),
                         func.sum(KnowledgeDocumentRow.chunks),
                     )
-                    .where(KnowledgeDocumentRow.kb_id.in_([row.id for row in rows]))
+                    .where(KnowledgeDocumentRow.kb_id.in_([row.id for row in rows]), visible)
                     .group_by(KnowledgeDocumentRow.kb_id)
                 ).all()
             }
@@ -473,6 +494,9 @@ class KnowledgeService:
                     .where(
                         IngestionJobRow.kb_id.in_([row.id for row in rows]),
                         IngestionJobRow.state.in_(ACTIVE_STATES),
+                        IngestionJobRow.document_id.in_(
+                            select(KnowledgeDocumentRow.id).where(visible)
+                        ),
                     )
                     .group_by(IngestionJobRow.kb_id)
                 ).all()
@@ -482,8 +506,21 @@ class KnowledgeService:
             for row in rows
         ]
 
-    def get_base(self, workspace_id: int, name: str) -> BaseInfo:
-        found = self.list_bases(workspace_id, name)
+    @staticmethod
+    def _visible_documents(reader: Reader) -> ColumnElement[bool]:
+        """SQL: the document rows the reader may see (``Reader.may_see``)."""
+        if reader.manages:
+            return true()
+        restricted = select(KnowledgeDocumentGroupRow.document_id)
+        readable = select(KnowledgeDocumentGroupRow.document_id).where(
+            KnowledgeDocumentGroupRow.group_name.in_(sorted(reader.groups))
+        )
+        return or_(
+            KnowledgeDocumentRow.id.not_in(restricted), KnowledgeDocumentRow.id.in_(readable)
+        )
+
+    def get_base(self, workspace_id: int, name: str, reader: Reader = Reader()) -> BaseInfo:
+        found = self.list_bases(workspace_id, name, reader)
         if not found:
             raise KnowledgeBaseNotFound(name)
         return found[0]
@@ -667,8 +704,9 @@ class KnowledgeService:
     ) -> tuple[KnowledgeBaseRow, str, KnowledgeDocumentRow | None]:
         """The base a document goes to, its class (checked), and its existing row if any.
 
-        Only a reader who manages the base may set ``groups``, and only one who
-        may see a restricted document may replace it.
+        Only a reader who manages the base may set ``groups``, only one who may
+        see a restricted document may replace it, and only one who may regroup it
+        (``Reader.may_regroup``) may give it other groups.
         """
         if groups is not None and not reader.manages:
             raise PermissionDenied("Only a builder or an admin may restrict a document to groups.")
@@ -680,12 +718,28 @@ class KnowledgeService:
                 KnowledgeDocumentRow.kb_id == base.id, KnowledgeDocumentRow.name == name
             )
         )
-        if document is not None and not reader.may_see(self._groups(session, [document.id])):
-            raise PermissionDenied(
-                f"A document named '{name}' is restricted to groups you are not in; "
-                "only they, a builder or an admin may replace it.",
-            )
+        if document is not None:
+            current = self._groups(session, [document.id])
+            if not reader.may_see(current):
+                raise PermissionDenied(
+                    f"A document named '{name}' is restricted to groups you are not in; "
+                    "only they, a builder or an admin may replace it.",
+                )
+            self._check_regroup(reader, current, groups, name)
         return base, level, document
+
+    @staticmethod
+    def _check_regroup(
+        reader: Reader, current: frozenset[str], groups: Sequence[str] | None, name: str
+    ) -> None:
+        """Refuse new groups for a restricted document from a reader outside its groups."""
+        wanted = document_groups(groups)
+        if wanted is None or frozenset(wanted) == current or reader.may_regroup(current):
+            return
+        raise PermissionDenied(
+            f"Document '{name}' is restricted to groups you are not in; only a builder in "
+            "one of them or an admin may change its groups.",
+        )
 
     @staticmethod
     def _groups(session: Session, document_ids: Collection[int]) -> frozenset[str]:
@@ -899,7 +953,10 @@ class KnowledgeService:
         if not reader.manages:
             raise PermissionDenied("Only a builder or an admin may restrict a document to groups.")
         with self.sessions.begin() as session:
-            base, row, _ = self._document_row(session, workspace_id, kb_name, document_id, reader)
+            base, row, current = self._document_row(
+                session, workspace_id, kb_name, document_id, reader
+            )
+            self._check_regroup(reader, current, groups, row.name)
             restricted = self._set_groups(session, row, groups)
             progress = self._progress(session, [row.id])
             return self._document_info(row, base.name, progress.get(row.id, 0), restricted)

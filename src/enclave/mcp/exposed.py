@@ -141,7 +141,9 @@ class ExposedWorkspace:
     async def list_bases(self, principal: Principal) -> list[dict[str, Any]]:
         """Every base of the workspace, with whether this key may receive its content."""
         clearance = self.clearance(principal)
-        bases = await asyncio.to_thread(self.knowledge().list_bases, principal.workspace_id)
+        bases = await asyncio.to_thread(
+            self.knowledge().list_bases, principal.workspace_id, None, Reader.of(principal)
+        )
         return [
             {
                 "name": base.name,

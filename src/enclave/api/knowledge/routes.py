@@ -105,7 +105,9 @@ async def list_bases(
     principal: Principal = Depends(require_principal),
     kb: KnowledgeService = Depends(knowledge),
 ) -> dict[str, Any]:
-    bases = await asyncio.to_thread(kb.list_bases, principal.workspace_id)
+    bases = await asyncio.to_thread(
+        kb.list_bases, principal.workspace_id, None, Reader.managing(principal)
+    )
     return {"object": "list", "data": [base.as_dict() for base in bases]}
 
 
@@ -115,7 +117,10 @@ async def get_base(
     principal: Principal = Depends(require_principal),
     kb: KnowledgeService = Depends(knowledge),
 ) -> dict[str, Any]:
-    return (await asyncio.to_thread(kb.get_base, principal.workspace_id, name)).as_dict()
+    base = await asyncio.to_thread(
+        kb.get_base, principal.workspace_id, name, Reader.managing(principal)
+    )
+    return base.as_dict()
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a knowledge base and its documents")
