@@ -773,10 +773,37 @@ class WorkspaceRolesConfig(StrictModel):
     )
 
 
+class ScimConfig(StrictModel):
+    """Provisioning by the identity provider over SCIM 2.0 (``identity.scim``); docs/identity.md."""
+
+    token: SecretReference = Field(
+        description=(
+            "Reference (env:/file:) to the bearer token the provider's SCIM client sends; "
+            "at least 20 characters. Only /scim/v2 accepts it."
+        )
+    )
+    match_claim: str = Field(
+        "sub",
+        min_length=1,
+        max_length=64,
+        description=(
+            "The ID token claim that equals a SCIM user's externalId, matched at their first "
+            "sign-in: 'sub' (Keycloak, Okta) or 'oid' (Entra ID)."
+        ),
+    )
+
+
 class IdentityConfig(StrictModel):
     """People and their roles (``identity:``): sign-in with OpenID Connect; docs/identity.md."""
 
     oidc: OidcConfig | None = Field(None, description="The identity provider; null: keys only.")
+    scim: ScimConfig | None = Field(
+        None,
+        description=(
+            "Let the provider create, change and remove users and groups at /scim/v2; "
+            "null: off (404). Needs identity.oidc."
+        ),
+    )
     admins: GroupRefs = Field(
         default_factory=list,
         description="Groups whose people are admins (workspaces, providers, keys, audit).",
@@ -800,6 +827,14 @@ class IdentityConfig(StrictModel):
             if not re.fullmatch(NAME_PATTERN, name):
                 raise ValueError(f"'{name}' is not a workspace name ({NAME_PATTERN})")
         return value
+
+    @model_validator(mode="after")
+    def _scim_needs_oidc(self) -> IdentityConfig:
+        if self.scim is not None and self.oidc is None:
+            raise ValueError(
+                "identity.scim needs identity.oidc: provisioned people sign in with the provider"
+            )
+        return self
 
 
 class Settings(BaseSettings):

@@ -196,7 +196,7 @@ def test_no_replica_serves_a_key_past_a_change_made_anywhere(
                     assert eventually(lambda k=replica.keys: refused(k, secret))  # type: ignore[misc]
                 else:
                     assert eventually(
-                        lambda k=replica.keys: principal(k, secret).clearance == clearance  # type: ignore[misc]
+                        lambda k=replica.keys, c=clearance: principal(k, secret).clearance == c  # type: ignore[misc]
                     )
     finally:
         keys_module.CACHE_SECONDS = hour_long

@@ -448,11 +448,12 @@ def test_the_configs_in_docs_identity_are_valid(
     import yaml
 
     monkeypatch.setenv("OIDC_SECRET", "from-the-docs")
+    monkeypatch.setenv("SCIM_TOKEN", "from-the-docs-a-long-scim-token")
     text = (Path(__file__).parents[2] / "docs" / "identity.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
     configs = [yaml.safe_load(block) for block in blocks]
     configs = [c for c in configs if isinstance(c, dict) and "identity" in c]
-    assert len(configs) == 3  # the local try-out, Keycloak, Entra ID
+    assert len(configs) == 4  # the local try-out, SCIM, Keycloak, Entra ID
     for config in configs:
         loaded = Settings(home=tmp_path, **config)
         assert loaded.identity.oidc is not None and loaded.public_url

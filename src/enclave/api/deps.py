@@ -31,6 +31,7 @@ from enclave.apps.service import AppService
 from enclave.auth.identity import IdentityService
 from enclave.auth.keys import KeyService
 from enclave.auth.principals import Principal
+from enclave.auth.provisioning import Provisioning
 from enclave.auth.roles import at_least
 from enclave.auth.sessions import CSRF_HEADER, SESSION_COOKIE, SessionService
 from enclave.chat.conversations import ConversationService
@@ -80,6 +81,8 @@ class Services:
     runners: RunnerFleet | None = None
     # Sign-in with the identity provider (identity.oidc); None: API keys only.
     identity: IdentityService | None = None
+    # SCIM provisioning by the identity provider (identity.scim); None: /scim/v2 is off.
+    provisioning: Provisioning | None = None
     # This replica and its heartbeat (started only with cluster.replicas).
     membership: Membership | None = None
 

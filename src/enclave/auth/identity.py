@@ -21,7 +21,11 @@ What triggers a re-evaluation of the groups, exactly:
    no longer good, the refresh token's new ID token. A provider that refuses
    both ends the session. A provider that cannot be reached leaves the last
    groups in force (logged), and is asked again after ``refresh_s``;
-4. an admin disabling the user (``PATCH /api/admin/users/{id}``).
+4. an admin disabling the user (``PATCH /api/admin/users/{id}``);
+5. with ``identity.scim``, the provider provisioning over SCIM (``auth/directory.py``):
+   a provisioned user's groups and ``disabled`` are SCIM's alone, so 2. and 3. leave
+   them as they are (3. still ends the session when the provider refuses), and
+   deactivating or deleting the user ends their sessions at once.
 """
 
 from __future__ import annotations
@@ -100,6 +104,22 @@ class IdentityService:
                 groups = self.groups_of(info)
                 claims = {**info, **claims}
         groups = groups or frozenset()
+        provisioned = None
+        if self.config.scim is not None:  # SCIM's users: SCIM's groups, not the token's
+            claim = claims.get(self.config.scim.match_claim)
+            provisioned = await asyncio.to_thread(
+                self.keys.users.provisioned_for,
+                str(claims["iss"]),
+                str(claims["sub"]),
+                str(claim) if isinstance(claim, str | int) else None,
+            )
+            if provisioned is not None:
+                groups = provisioned.groups
+                if provisioned.disabled:
+                    raise PermissionDenied(
+                        "Your account is deactivated at the identity provider.",
+                        code="user_disabled",
+                    )
         roles = self.keys.roles
         workspaces = roles.workspaces_of(groups)
         is_admin = roles.is_admin(groups)
@@ -162,7 +182,7 @@ class IdentityService:
             log.warning("user %d: groups not re-checked: %s", user.id, exc.message)
             await asyncio.to_thread(self.sessions.checked, session_id, None)
             return
-        if groups != user.groups:
+        if groups != user.groups and not user.provisioned:  # SCIM keeps a provisioned user's
             log.info("user %d: groups changed at the identity provider", user.id)
             await asyncio.to_thread(self.keys.users.set_groups, user.id, groups)
         await asyncio.to_thread(

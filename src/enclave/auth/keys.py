@@ -372,9 +372,11 @@ class KeyService:
             ).all()
             for row in rows:
                 row.revoked_at = now
-                self._cache.pop(row.key_hash, None)
-                self._by_id.pop(row.id, None)
-            return len(rows)
+                announce(session, KEYS_CHANNEL, str(row.id))
+            revoked = [row.id for row in rows]
+        for key_id in revoked:  # after the commit, as revoke()
+            self.forget(key_id)
+        return len(revoked)
 
     @staticmethod
     def _info(row: ApiKeyRow, workspace: str) -> KeyInfo:

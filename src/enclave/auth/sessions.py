@@ -195,6 +195,12 @@ class SessionService:
         """End a session (sign-out). Unknown ids are ignored."""
         self._delete(hash_key(session_id))
 
+    def end_user_sessions(self, user_id: int) -> int:
+        """End every session of a person (deprovisioned); how many there were."""
+        with self._sessions.begin() as session:
+            ended = session.execute(delete(UiSessionRow).where(UiSessionRow.user_id == user_id))
+            return int(getattr(ended, "rowcount", 0) or 0)
+
     def purge_expired(self) -> None:
         """Delete expired sessions."""
         with self._sessions.begin() as session:

@@ -108,8 +108,52 @@ class UserRow(Base):
     groups_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # Disabled users cannot sign in, and their sessions and keys stop at the next request.
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Provisioned over SCIM (``auth/directory.py``): SCIM then owns the name, e-mail, groups
+    # and ``disabled`` (active), and sign-in changes none of them. ``user_name`` and
+    # ``external_id`` are SCIM's userName and externalId; ``scim_json`` keeps the rest of the
+    # SCIM resource as the provider sent it; ``version`` counts SCIM's changes (the ETag).
+    provisioned: Mapped[bool] = mapped_column(Boolean, default=False)
+    user_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    external_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    scim_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
-    __table_args__ = (UniqueConstraint("issuer", "subject", name="users_issuer_subject"),)
+    __table_args__ = (
+        UniqueConstraint("issuer", "subject", name="users_issuer_subject"),
+        Index("users_user_name", "user_name", unique=True),
+        Index("users_external_id", "external_id"),
+    )
+
+
+class ScimGroupRow(Base):
+    """A group the identity provider manages over SCIM (``auth/directory.py``).
+
+    ``display_name`` is the group's name everywhere else: ``group:NAME`` in
+    ``identity.admins`` and ``identity.workspaces``, and a document's groups.
+    """
+
+    __tablename__ = "scim_groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(255), unique=True)
+    external_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ScimGroupMemberRow(Base):
+    """A provisioned user in a SCIM group; the user's ``groups_json`` follows these rows."""
+
+    __tablename__ = "scim_group_members"
+
+    group_id: Mapped[int] = mapped_column(
+        ForeignKey("scim_groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
 
 
 class AuditEntryRow(Base):
