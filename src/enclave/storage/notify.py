@@ -100,7 +100,7 @@ class ChangeListener:
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=0.5):
                             self._deliver(notice.payload)
-            except psycopg.Error as exc:
+            except Exception as exc:  # psycopg's, or anything else: never stop listening
                 log.warning(
                     "listen %s: connection lost (%s); retrying in %.0f s",
                     self.channel,
