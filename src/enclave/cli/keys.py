@@ -58,24 +58,39 @@ def create(
             "else builder."
         ),
     ] = None,
+    user: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Make it this person's key (the id from GET /api/admin/users): it never has "
+            "more rights than they have, and stops when they are disabled or leave the groups.",
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Create a key and print its secret once.
 
     Example: enclave keys create analyst-laptop --workspace default --expires-in-days 90
+
+    Example: enclave keys create carol-notebook --workspace monetary-policy --user 1 --role builder
     """
     if role is not None and role not in ROLES:
         typer.echo(f"Unknown role '{role}'; known: {', '.join(ROLES)}.", err=True)
         raise typer.Exit(2)
     expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
-    secret, info = _service(config).create(
-        name,
-        workspace=workspace,
-        is_admin=admin,
-        expires_at=expires,
-        clearance=_class_name(config, clearance),
-        role=role,
-    )
+    try:
+        secret, info = _service(config).create(
+            name,
+            workspace=workspace,
+            is_admin=admin,
+            expires_at=expires,
+            clearance=_class_name(config, clearance),
+            role=role,
+            user_id=user,
+        )
+    except EnclaveError as exc:
+        typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"Created key {info.id} '{info.name}' in workspace '{info.workspace}'.", err=True)
     typer.echo("The secret is shown only now:", err=True)
     typer.echo(secret)
@@ -103,7 +118,8 @@ def revoke(
     ],
     config: ConfigOption = None,
 ) -> None:
-    """Revoke a key. A running server stops accepting it within 5 seconds.
+    """Revoke a key. Servers on Postgres stop accepting it at once (they are notified);
+    a server on SQLite within 5 seconds.
 
     Example: enclave keys revoke analyst
     """
