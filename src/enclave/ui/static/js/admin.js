@@ -1,4 +1,5 @@
-// The admin page: providers, workspaces and keys, usage, and the audit log.
+// The admin page: providers, runners, replicas, workspaces and keys, people, MCP
+// clients, usage, and the audit log.
 
 import { api, currentUser } from "./api.js";
 import { announce, byId, formatNumber, formatTime, h, replaceChildren, row, svg } from "./dom.js";
@@ -115,6 +116,39 @@ async function loadMcpClients() {
   );
 }
 
+// -- replicas ---------------------------------------------------------------------------
+
+async function loadReplicas() {
+  const body = byId("replicas-body");
+  let cluster;
+  try {
+    cluster = await api("/api/admin/cluster");
+  } catch (error) {
+    replaceChildren(body, h("tr", {}, h("td", { colspan: "5" }, error.message)));
+    return;
+  }
+  if (!cluster.replicas) {
+    replaceChildren(body, h("tr", {}, h("td", { colspan: "5" }, "A single server: cluster.replicas is off (see docs/operations.md, Replicas).")));
+    return;
+  }
+  if (!cluster.members.length) {
+    replaceChildren(body, h("tr", {}, h("td", { colspan: "5" }, "No replica has sent a heartbeat yet.")));
+    return;
+  }
+  replaceChildren(
+    body,
+    cluster.members.map((member) =>
+      row([
+        member.self ? [member.replica, " ", h("span", { class: "hint" }, "(this replica)")] : member.replica,
+        member.host,
+        formatTime(member.started_at),
+        formatTime(member.heartbeat_at),
+        h("span", { class: `badge badge-${member.live ? "ok" : "bad"}` }, member.live ? "live" : "dead"),
+      ]),
+    ),
+  );
+}
+
 // -- workspaces and keys ---------------------------------------------------------------
 
 async function loadWorkspaces() {
@@ -207,6 +241,84 @@ async function createKey(event) {
   );
   output.hidden = false;
   await Promise.all([loadKeys(), loadWorkspaces()]);
+}
+
+// -- people -------------------------------------------------------------------------------
+
+// A person's name as the provider sent it; SCIM or a provider may leave it empty.
+function personName(user) {
+  return user.name || user.email || user.subject;
+}
+
+function workspaceRoles(workspaces) {
+  return Object.entries(workspaces || {}).map(([workspace, role]) => `${workspace}: ${role}`).join(", ") || "–";
+}
+
+async function loadPeople() {
+  const body = byId("people-body");
+  let users;
+  try {
+    users = (await api("/api/admin/users")).data;
+  } catch (error) {
+    replaceChildren(body, h("tr", {}, h("td", { colspan: "8" }, error.message)));
+    return;
+  }
+  if (!users.length) {
+    replaceChildren(body, h("tr", {}, h("td", { colspan: "8" }, "No one has signed in with the identity provider yet. See docs/identity.md.")));
+    return;
+  }
+  const me = currentUser();
+  replaceChildren(
+    body,
+    users.map((user) => {
+      let action;
+      if (user.id === me.user_id) action = h("span", { class: "hint" }, "you");
+      else if (user.disabled) {
+        action = h("button", { type: "button", class: "small", "aria-label": `Enable ${personName(user)}`, onclick: (event) => setDisabled(event.currentTarget, user, false) }, "Enable");
+      } else {
+        action = h("button", { type: "button", class: "small danger", "aria-label": `Disable ${personName(user)}`, onclick: (event) => confirmDisable(event.currentTarget.parentElement, user) }, "Disable");
+      }
+      return row([
+        user.provisioned ? [personName(user), " ", h("span", { class: "hint" }, "(SCIM)")] : personName(user),
+        user.email || "–",
+        user.groups.join(", ") || "–",
+        user.admin ? "yes" : "no",
+        workspaceRoles(user.workspaces),
+        user.last_login_at ? formatTime(user.last_login_at) : "never",
+        h("span", { class: `badge badge-${user.disabled ? "muted" : "ok"}` }, user.disabled ? "disabled" : "active"),
+        action,
+      ]);
+    }),
+  );
+}
+
+// Disabling signs the person out everywhere, so it asks first, in the row itself.
+function confirmDisable(cell, user) {
+  const keep = h("button", { type: "button", class: "small", onclick: () => loadPeople() }, "Keep");
+  replaceChildren(
+    cell,
+    h(
+      "div",
+      { class: "confirm-inline" },
+      h("span", {}, `Disable ${personName(user)}?`),
+      h("button", { type: "button", class: "small danger", onclick: (event) => setDisabled(event.currentTarget, user, true) }, "Yes, disable"),
+      keep,
+    ),
+  );
+  keep.focus();
+}
+
+async function setDisabled(button, user, disabled) {
+  const status = byId("people-status");
+  const name = personName(user);
+  button.disabled = true; // one PATCH per click, however impatient
+  try {
+    await api(`/api/admin/users/${user.id}`, { method: "PATCH", json: { disabled } });
+    announce(status, `${name} ${disabled ? "disabled" : "enabled"}.`);
+  } catch (error) {
+    announce(status, `Could not ${disabled ? "disable" : "enable"} ${name}: ${error.message}`);
+  }
+  await loadPeople();
 }
 
 // -- usage -------------------------------------------------------------------------------
@@ -411,9 +523,11 @@ function main() {
   byId("verify-chain").addEventListener("click", verifyChain);
   loadProviders();
   loadRunners();
+  loadReplicas();
   loadMcpClients();
   loadWorkspaces();
   loadKeys();
+  loadPeople();
   loadUsage();
   loadAudit();
 }
