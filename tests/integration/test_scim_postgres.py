@@ -11,19 +11,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from enclave.app import create_app
-from enclave.providers.registry import ModelRegistry
-from enclave.settings import Settings
-from enclave.testing.scripted import ScriptedProvider
-from tests.conftest import ADMIN_KEY
 from tests.integration.conftest import fresh_database
-from tests.unit.test_oidc_sign_in import (
-    BASE,
-    PEOPLE,
-    SECRET_ENV,
-    identity,
-    set_person,
-)
+from tests.unit.test_oidc_sign_in import SECRET_ENV, running_clients
 from tests.unit.test_oidc_sign_in import provider as provider
 from tests.unit.test_scim import TOKEN, TOKEN_ENV
 from tests.unit.test_scim import client as client
@@ -47,28 +36,13 @@ def make_client(
 ) -> Iterator[Any]:
     monkeypatch.setenv(SECRET_ENV, "the-client-secret")
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    clients: list[TestClient] = []
 
-    def make(**scim: Any) -> TestClient:
-        for sub, claims in PEOPLE.items():
-            set_person(provider, sub, claims)
-        url = fresh_database(postgres_uri).replace("postgresql://", "postgresql+psycopg://", 1)
-        settings = Settings(
-            home=tmp_path / f"home{len(clients)}",
-            admin_key=ADMIN_KEY,
-            public_url=BASE,
-            database_url=url,
-            identity=identity(provider, scim={"token": f"env:{TOKEN_ENV}", **scim}),
-        )
-        registry = ModelRegistry([ScriptedProvider()], default_model="scripted")
-        made = TestClient(create_app(settings, registry=registry), raise_server_exceptions=False)
-        made.__enter__()
-        clients.append(made)
-        return made
+    def database_url() -> str:
+        url = fresh_database(postgres_uri)
+        return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
-    yield make
-    for made in clients:
-        made.__exit__(None, None, None)
+    with running_clients(tmp_path, provider, database_url=database_url) as make:
+        yield lambda **scim: make(scim={"token": f"env:{TOKEN_ENV}", **scim})
 
 
 def test_the_database_is_postgres(client: TestClient) -> None:

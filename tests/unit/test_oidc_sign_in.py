@@ -13,7 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -80,19 +81,25 @@ def identity(provider: str, **changes: Any) -> dict[str, Any]:
     return config
 
 
-@pytest.fixture
-def make_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, provider: str) -> Iterator[Any]:
-    monkeypatch.setenv(SECRET_ENV, "the-client-secret")
+@contextmanager
+def running_clients(
+    tmp_path: Path, provider: str, **fixed: Any
+) -> Iterator[Callable[..., TestClient]]:
+    """``make(issuer, **identity_changes)``: a running app on the loopback provider, each
+    with its own home; ``fixed`` are further settings for every app (a callable value is
+    called for each, e.g. a fresh database URL). The apps stop when this ends."""
     clients: list[TestClient] = []
 
     def make(issuer: str = provider, **changes: Any) -> TestClient:
         for sub, claims in PEOPLE.items():
             set_person(issuer, sub, claims)
+        extra = {name: value() if callable(value) else value for name, value in fixed.items()}
         settings = Settings(
             home=tmp_path / f"home{len(clients)}",
             admin_key=ADMIN_KEY,
             public_url=BASE,
             identity=identity(issuer, **changes),
+            **extra,
         )
         registry = ModelRegistry([ScriptedProvider()], default_model="scripted")
         client = TestClient(create_app(settings, registry=registry), raise_server_exceptions=False)
@@ -100,9 +107,18 @@ def make_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, provider: str) 
         clients.append(client)
         return client
 
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    try:
+        yield make
+    finally:
+        for client in clients:
+            client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def make_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, provider: str) -> Iterator[Any]:
+    monkeypatch.setenv(SECRET_ENV, "the-client-secret")
+    with running_clients(tmp_path, provider) as make:
+        yield make
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from tests.unit.test_oidc_sign_in import (
     identity,
     me,
     provider,  # noqa: F401  (the loopback provider fixture)
+    running_clients,
     set_person,
     sign_in,
     signed_in,
@@ -64,27 +65,8 @@ def make_client(
 ) -> Iterator[Any]:
     monkeypatch.setenv(SECRET_ENV, "the-client-secret")
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    clients: list[TestClient] = []
-
-    def make(**scim: Any) -> TestClient:
-        for sub, claims in PEOPLE.items():
-            set_person(provider, sub, claims)
-        settings = Settings(
-            home=tmp_path / f"home{len(clients)}",
-            admin_key=ADMIN_KEY,
-            public_url=BASE,
-            max_body_bytes=4 * 1024 * 1024,
-            identity=identity(provider, scim={"token": f"env:{TOKEN_ENV}", **scim}),
-        )
-        registry = ModelRegistry([ScriptedProvider()], default_model="scripted")
-        client = TestClient(create_app(settings, registry=registry), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    with running_clients(tmp_path, provider, max_body_bytes=4 * 1024 * 1024) as make:
+        yield lambda **scim: make(scim={"token": f"env:{TOKEN_ENV}", **scim})
 
 
 @pytest.fixture

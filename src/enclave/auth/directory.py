@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from scim2_models import (
     EnterpriseUser,
@@ -68,12 +68,14 @@ from scim2_models.path import CompareOperator, Comparison
 from scim2_server.storage import ScimStorage, SearchPage
 from scim2_server.utils import parametrize
 from sqlalchemy import ColumnElement, Select, delete, func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from enclave.auth.keys import KeyService
 from enclave.auth.sessions import SessionService
 from enclave.auth.users import SUPERSEDED_ISSUER, UNBOUND_ISSUER
 from enclave.storage.models import ScimGroupMemberRow, ScimGroupRow, UserRow
+
+_Row = TypeVar("_Row", UserRow, ScimGroupRow)
 
 log = logging.getLogger(__name__)
 
@@ -335,17 +337,7 @@ class Directory(ScimStorage):
 
     def _user_candidates(self, scim_filter: ScimFilter[Any] | None) -> Select[UserRow]:
         query = select(UserRow).where(UserRow.provisioned).order_by(UserRow.id)
-        equal = _equality(scim_filter)
-        if equal is None:
-            return query
-        attribute, value = equal
-        if attribute == "id":
-            return query.where(UserRow.id == _row_id(value, missing=0))
-        if attribute == "externalid":  # case-exact
-            return query.where(UserRow.external_id == value)
-        if attribute == "username" and value.isascii():  # SQLite's lower() is ASCII only
-            return query.where(func.lower(UserRow.user_name) == value.lower())
-        return query
+        return _narrowed(query, scim_filter, UserRow, "username", UserRow.user_name)
 
     def _users(self, session: Session, rows: list[UserRow]) -> list[Resource[Any]]:
         """The rows as SCIM Users, with their groups (one query for all of them)."""
@@ -483,17 +475,7 @@ class Directory(ScimStorage):
 
     def _group_candidates(self, scim_filter: ScimFilter[Any] | None) -> Select[ScimGroupRow]:
         query = select(ScimGroupRow).order_by(ScimGroupRow.id)
-        equal = _equality(scim_filter)
-        if equal is None:
-            return query
-        attribute, value = equal
-        if attribute == "id":
-            return query.where(ScimGroupRow.id == _row_id(value, missing=0))
-        if attribute == "externalid":
-            return query.where(ScimGroupRow.external_id == value)
-        if attribute == "displayname" and value.isascii():
-            return query.where(func.lower(ScimGroupRow.display_name) == value.lower())
-        return query
+        return _narrowed(query, scim_filter, ScimGroupRow, "displayname", ScimGroupRow.display_name)
 
     def _groups(self, session: Session, rows: list[ScimGroupRow]) -> list[Resource[Any]]:
         members: dict[int, list[GroupMember]] = defaultdict(list)
@@ -652,6 +634,28 @@ def _same_text(
         for found, text in session.execute(select(key, column).where(column.is_not(None)))
         if text.casefold() == folded
     ]
+
+
+def _narrowed(
+    query: Select[_Row],
+    scim_filter: ScimFilter[Any] | None,
+    table: type[UserRow] | type[ScimGroupRow],
+    name_attribute: str,
+    name_column: InstrumentedAttribute[str] | InstrumentedAttribute[str | None],
+) -> Select[_Row]:
+    """``query`` narrowed in SQL by an equality filter on the id, ``externalId`` (case
+    exact) or the name (case-insensitive); any other filter leaves it as it is."""
+    equal = _equality(scim_filter)
+    if equal is None:
+        return query
+    attribute, value = equal
+    if attribute == "id":
+        return query.where(table.id == _row_id(value, missing=0))
+    if attribute == "externalid":
+        return query.where(table.external_id == value)
+    if attribute == name_attribute and value.isascii():  # SQLite's lower() is ASCII only
+        return query.where(func.lower(name_column) == value.lower())
+    return query
 
 
 def _equality(scim_filter: ScimFilter[Any] | None) -> tuple[str, str] | None:
