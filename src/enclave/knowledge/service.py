@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import ColumnElement, delete, func, or_, select, true
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from enclave.auth.principals import Principal
@@ -472,9 +472,10 @@ class KnowledgeService:
         query = select(KnowledgeBaseRow).where(KnowledgeBaseRow.workspace_id == workspace_id)
         if name is not None:
             query = query.where(KnowledgeBaseRow.name == name)
-        visible = self._visible_documents(reader)
         with self.sessions() as session:
             rows = session.scalars(query.order_by(KnowledgeBaseRow.name)).all()
+            kb_ids = [row.id for row in rows]
+            hidden = frozenset() if reader.manages else self._unreadable(session, kb_ids, reader)
             totals = {
                 kb_id: (documents, int(chunks or 0))
                 for kb_id, documents, chunks in session.execute(
@@ -483,7 +484,10 @@ class KnowledgeService:
                         func.count(),
                         func.sum(KnowledgeDocumentRow.chunks),
                     )
-                    .where(KnowledgeDocumentRow.kb_id.in_([row.id for row in rows]), visible)
+                    .where(
+                        KnowledgeDocumentRow.kb_id.in_(kb_ids),
+                        KnowledgeDocumentRow.id.not_in(hidden),
+                    )
                     .group_by(KnowledgeDocumentRow.kb_id)
                 ).all()
             }
@@ -492,11 +496,9 @@ class KnowledgeService:
                 for kb_id, done in session.execute(
                     select(IngestionJobRow.kb_id, func.sum(IngestionJobRow.chunks_done))
                     .where(
-                        IngestionJobRow.kb_id.in_([row.id for row in rows]),
+                        IngestionJobRow.kb_id.in_(kb_ids),
                         IngestionJobRow.state.in_(ACTIVE_STATES),
-                        IngestionJobRow.document_id.in_(
-                            select(KnowledgeDocumentRow.id).where(visible)
-                        ),
+                        IngestionJobRow.document_id.not_in(hidden),
                     )
                     .group_by(IngestionJobRow.kb_id)
                 ).all()
@@ -505,19 +507,6 @@ class KnowledgeService:
             self._base_info(row, *totals.get(row.id, (0, 0)), ingesting.get(row.id, 0))
             for row in rows
         ]
-
-    @staticmethod
-    def _visible_documents(reader: Reader) -> ColumnElement[bool]:
-        """SQL: the document rows the reader may see (``Reader.may_see``)."""
-        if reader.manages:
-            return true()
-        restricted = select(KnowledgeDocumentGroupRow.document_id)
-        readable = select(KnowledgeDocumentGroupRow.document_id).where(
-            KnowledgeDocumentGroupRow.group_name.in_(sorted(reader.groups))
-        )
-        return or_(
-            KnowledgeDocumentRow.id.not_in(restricted), KnowledgeDocumentRow.id.in_(readable)
-        )
 
     def get_base(self, workspace_id: int, name: str, reader: Reader = Reader()) -> BaseInfo:
         found = self.list_bases(workspace_id, name, reader)

@@ -142,7 +142,7 @@ class ExposedWorkspace:
         """Every base of the workspace, with whether this key may receive its content."""
         clearance = self.clearance(principal)
         bases = await asyncio.to_thread(
-            self.knowledge().list_bases, principal.workspace_id, None, Reader.of(principal)
+            self.knowledge().list_bases, principal.workspace_id, reader=Reader.of(principal)
         )
         return [
             {

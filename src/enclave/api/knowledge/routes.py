@@ -106,7 +106,7 @@ async def list_bases(
     kb: KnowledgeService = Depends(knowledge),
 ) -> dict[str, Any]:
     bases = await asyncio.to_thread(
-        kb.list_bases, principal.workspace_id, None, Reader.managing(principal)
+        kb.list_bases, principal.workspace_id, reader=Reader.managing(principal)
     )
     return {"object": "list", "data": [base.as_dict() for base in bases]}
 
@@ -118,7 +118,7 @@ async def get_base(
     kb: KnowledgeService = Depends(knowledge),
 ) -> dict[str, Any]:
     base = await asyncio.to_thread(
-        kb.get_base, principal.workspace_id, name, Reader.managing(principal)
+        kb.get_base, principal.workspace_id, name, reader=Reader.managing(principal)
     )
     return base.as_dict()
 
