@@ -223,7 +223,7 @@ class Directory(ScimStorage):
             session.flush()
             created = self._users(session, [row])[0]
             user_id = row.id
-        ended = 0 if fields.active else self._end_sessions(user_id)
+        ended = 0 if fields.active else self._ui_sessions.end_user_sessions(user_id)
         log.info(
             "scim: user %d provisioned (%s, %s)%s",
             user_id,
@@ -257,7 +257,7 @@ class Directory(ScimStorage):
             session.flush()
             updated = self._users(session, [row])[0]
             user_id = row.id
-        ended = self._end_sessions(user_id) if deactivated or rekeyed else 0
+        ended = self._ui_sessions.end_user_sessions(user_id) if deactivated or rekeyed else 0
         changes = [
             "deactivated" if deactivated else "",
             "externalId changed (matched again at the next sign-in)" if rekeyed else "",
@@ -285,7 +285,7 @@ class Directory(ScimStorage):
             row.groups_updated_at = row.updated_at = now
             row.version += 1
             user_id = row.id
-        ended = self._end_sessions(user_id)
+        ended = self._ui_sessions.end_user_sessions(user_id)
         revoked = self._keys.revoke_user_keys(user_id)
         log.info(
             "scim: user %d deleted: disabled, %d sessions ended, %d keys revoked, "
@@ -295,9 +295,6 @@ class Directory(ScimStorage):
             revoked,
             len(group_ids),
         )
-
-    def _end_sessions(self, user_id: int) -> int:
-        return self._ui_sessions.end_user_sessions(user_id)
 
     def _key_for(self, external_id: str | None) -> tuple[str, str]:
         """The (issuer, subject) a provisioned user is kept under (``auth/users.py``)."""
